@@ -1,0 +1,37 @@
+# The two quickstart commands are `make serve` and `make test`; both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 0.0.0.0
+PORT ?= 8000
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test unit integration bench clean
+
+install: $(STAMP)
+
+# torch is installed first and pinned, so that nothing later pulls a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+serve: install
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(BIN)/embedserve serve --host $(HOST) --port $(PORT)
+
+test: install
+	$(BIN)/python -m pytest -q -ra
+
+unit: install
+	$(BIN)/python -m pytest -q -ra tests/unit
+
+integration: install
+	$(BIN)/python -m pytest -q -ra tests/integration
+
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
