@@ -1,0 +1,204 @@
+"""Closed-loop load generator for any OpenAI-shaped POST /v1/embeddings endpoint.
+
+`concurrency` clients each loop: take the next `batch` sentences (round-robin over the
+shared sentence list), send them, wait for the answer, repeat, until `total` sentences
+have been sent overall. Closed loop means throughput is what the server sustains at that
+many outstanding requests, which is how a fleet of synchronous callers behaves.
+
+Every answer is checked (status 200, one embedding per input, right index, right size);
+a wrong answer counts as an error and its sentences do not count toward throughput, so
+a server cannot look fast by answering badly. A few untimed warm-up requests first let
+the server finish lazy initialisation; their answer also fixes the expected dimension.
+
+The whole run is bounded by `timeout` seconds: past it no new request starts and the
+in-flight ones are cut off, and the result says timed_out.
+
+    python benchmarks/loadgen.py --url http://127.0.0.1:8100 --concurrency 4 --batch 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import time
+
+import httpx
+import orjson
+
+try:
+    from . import sentences as sentences_mod
+except ImportError:  # run as a script: the benchmarks folder is sys.path[0]
+    import sentences as sentences_mod
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def endpoint(url: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith("/v1/embeddings") else url + "/v1/embeddings"
+
+
+def percentile(sorted_values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile of an already sorted list (None when empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def check_response(resp: httpx.Response, n_inputs: int, dim: int | None) -> tuple[str | None, int | None]:
+    """Return (error or None, embedding dimension seen)."""
+    if resp.status_code != 200:
+        return f"HTTP {resp.status_code}: {resp.text[:200]}", None
+    try:
+        data = orjson.loads(resp.content)["data"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        return f"bad body: {exc!r}", None
+    if not isinstance(data, list) or len(data) != n_inputs:
+        return f"expected {n_inputs} embeddings, got {len(data) if isinstance(data, list) else data!r}", None
+    seen_dim = dim
+    for i, item in enumerate(data):
+        emb = item.get("embedding") if isinstance(item, dict) else None
+        if not isinstance(emb, list) or not emb:
+            return f"item {i}: no float embedding", None
+        if item.get("index", i) != i:
+            return f"item {i}: index {item.get('index')}", None
+        seen_dim = seen_dim or len(emb)
+        if len(emb) != seen_dim:
+            return f"item {i}: dimension {len(emb)}, expected {seen_dim}", None
+    return None, seen_dim
+
+
+async def run_load(
+    url: str,
+    concurrency: int,
+    batch: int,
+    total: int,
+    model: str = DEFAULT_MODEL,
+    *,
+    sentences: list[str] | None = None,
+    timeout: float = 300.0,
+    warmup: int = 3,
+    dim: int | None = None,
+) -> dict:
+    """Drive the endpoint and return a summary dict (throughput, latency, errors)."""
+    if concurrency < 1 or batch < 1 or total < 1:
+        raise ValueError("concurrency, batch and total must be >= 1")
+    sents = sentences if sentences is not None else sentences_mod.load_sentences()
+    target = endpoint(url)
+    deadline = time.monotonic() + timeout
+    cursor = 0  # next sentence index; asyncio is single-threaded, so no lock is needed
+    assigned = 0  # sentences handed to requests so far
+    latencies: list[float] = []
+    ok_sentences = ok_requests = 0
+    errors: list[str] = []
+    timed_out = False
+
+    def next_chunk(n: int) -> list[str]:
+        nonlocal cursor
+        chunk = [sents[(cursor + k) % len(sents)] for k in range(n)]
+        cursor = (cursor + n) % len(sents)
+        return chunk
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, trust_env=False) as client:
+
+        async def post(texts: list[str]) -> httpx.Response:
+            body = orjson.dumps({"input": texts, "model": model})
+            remaining = max(0.001, deadline - time.monotonic())
+            return await client.post(
+                target, content=body, headers={"content-type": "application/json"}, timeout=remaining
+            )
+
+        # Warm-up takes sentences from the end of the list, so the timed run (which starts
+        # at the first sentence) does not resend them to a server that might cache.
+        cursor = (len(sents) - (warmup * batch) % len(sents)) % len(sents)
+        for _ in range(warmup):  # untimed; also learns the embedding size
+            texts = next_chunk(batch)
+            try:
+                err, seen = check_response(await post(texts), len(texts), dim)
+            except httpx.HTTPError as exc:
+                err, seen = f"{type(exc).__name__}: {exc}", None
+            if err:
+                raise RuntimeError(f"warm-up request to {target} failed: {err}")
+            dim = seen
+        cursor = 0
+
+        async def client_loop() -> None:
+            nonlocal assigned, ok_sentences, ok_requests, timed_out
+            while assigned < total:
+                if time.monotonic() >= deadline:
+                    timed_out = True
+                    return
+                n = min(batch, total - assigned)
+                assigned += n
+                texts = next_chunk(n)
+                t0 = time.perf_counter()
+                try:
+                    resp = await post(texts)
+                    err, _ = check_response(resp, n, dim)
+                except httpx.TimeoutException:
+                    timed_out, err = True, "timeout"
+                except httpx.HTTPError as exc:
+                    err = f"{type(exc).__name__}: {exc}"
+                if err:  # failed requests (often fast rejections) stay out of the latencies
+                    errors.append(err)
+                else:
+                    latencies.append((time.perf_counter() - t0) * 1000)
+                    ok_requests += 1
+                    ok_sentences += n
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+
+    latencies.sort()
+    return {
+        "url": target,
+        "concurrency": concurrency,
+        "batch": batch,
+        "total": total,
+        "sentences_ok": ok_sentences,
+        "requests_ok": ok_requests,
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:5],
+        "timed_out": timed_out,
+        "elapsed_s": round(elapsed, 3),
+        "sentences_per_s": round(ok_sentences / elapsed, 2) if elapsed > 0 else 0.0,
+        "requests_per_s": round(ok_requests / elapsed, 2) if elapsed > 0 else 0.0,
+        "p50_ms": _round(percentile(latencies, 50)),
+        "p99_ms": _round(percentile(latencies, 99)),
+        "dim": dim,
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Closed-loop load generator for /v1/embeddings.")
+    parser.add_argument("--url", default="http://127.0.0.1:8100", help="base URL or full endpoint")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=32, help="inputs per request")
+    parser.add_argument("--total", type=int, default=2048, help="sentences to send in all")
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--timeout", type=float, default=300.0, help="overall bound in seconds")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed requests first")
+    parser.add_argument("--dim", type=int, default=None, help="expected size (default: from warm-up)")
+    parser.add_argument("--sentences", default=None, help="path to the STS TSV file")
+    args = parser.parse_args()
+    result = asyncio.run(
+        run_load(
+            args.url, args.concurrency, args.batch, args.total, args.model,
+            sentences=sentences_mod.load_sentences(args.sentences),
+            timeout=args.timeout, warmup=args.warmup, dim=args.dim,
+        )
+    )
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Builds the FastAPI application: routes, error handlers, middleware, model loading."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from embedserve import __version__
+from embedserve.api import openai, ops
+from embedserve.api.errors import install_error_handlers
+from embedserve.api.middleware import RequestContextMiddleware
+from embedserve.api.responses import OrjsonResponse
+from embedserve.engine.service import BackendFactory, EmbeddingService
+from embedserve.metrics import Metrics
+from embedserve.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def default_backend_factory(settings: Settings) -> BackendFactory:
+    def build(path):
+        from embedserve.backends.torch_backend import TorchBackend
+
+        return TorchBackend(path, device=settings.device, threads=settings.threads)
+
+    return build
+
+
+def create_app(
+    settings: Settings,
+    *,
+    backend_factory: BackendFactory | None = None,
+    on_load_failure: Callable[[Exception], None] | None = None,
+) -> FastAPI:
+    """The app. Models load in the background after start-up so /health answers meanwhile."""
+    metrics = Metrics()
+    service = EmbeddingService(settings, backend_factory or default_backend_factory(settings), observer=metrics)
+
+    async def load_all() -> None:
+        try:
+            for name in settings.models:
+                await service.load(name)
+        except Exception as exc:  # noqa: BLE001 - reported on /ready and in the log
+            log.error("could not load models: %s", exc)
+            app.state.load_error = str(exc)
+            if on_load_failure is not None:
+                on_load_failure(exc)
+            return
+        app.state.ready = True
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loader = asyncio.create_task(load_all())
+        app.state.loader = loader
+        yield
+        app.state.draining = True
+        loader.cancel()
+        await service.close()
+
+    app = FastAPI(
+        title="embedserve",
+        version=__version__,
+        description="Self-hosted text-embedding inference: OpenAI-compatible, dynamically batched.",
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.metrics = metrics
+    app.state.ready = False
+    app.state.draining = False
+    app.state.load_error = None
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(ops.router)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["X-Request-Id", "Retry-After"],
+    )
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    return app

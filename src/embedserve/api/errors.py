@@ -1,0 +1,79 @@
+"""The one place where exceptions become HTTP statuses and OpenAI-shaped error JSON."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from embedserve.api.responses import OrjsonResponse, error_body
+from embedserve.errors import EmbedServeError, Overloaded
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def error_response(status: int, message: str, type_: str, *, param=None, code=None, headers=None):
+    return OrjsonResponse(error_body(message, type_, param=param, code=code), status_code=status, headers=headers)
+
+
+def _location(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+    return out
+
+
+def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return f"request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
+    where = _location(tuple(first.get("loc", ())))
+    msg = first.get("msg", "invalid value")
+    if first.get("type") == "value_error" and "error" in first.get("ctx", {}):
+        msg = str(first["ctx"]["error"])
+    if first.get("type") == "missing":
+        message = f"'{where}' is required" if where else "request body is required"
+    elif where:
+        message = f"'{where}': {msg}"
+    else:
+        message = f"request body: {msg}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return message, where or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(EmbedServeError)
+    async def _domain(request: Request, exc: EmbedServeError):
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+        if exc.status >= 500:
+            log.error("request failed: %s", exc.message)
+        return error_response(exc.status, exc.message, exc.type, param=exc.param, code=exc.code, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        message, param = validation_message(exc)
+        return error_response(422, message, "invalid_request_error", param=param, code="invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route for {request.method} {request.url.path}"
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return error_response(
+            exc.status_code, message, type_, code=_HTTP_CODES.get(exc.status_code), headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal server error", "server_error", code="internal_error")

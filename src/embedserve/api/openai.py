@@ -1,0 +1,119 @@
+"""OpenAI's embeddings API: POST /v1/embeddings, GET /v1/models[/{model}]."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+
+from embedserve.api.responses import OrjsonResponse
+from embedserve.engine.service import EmbeddingService, LoadedModel
+
+router = APIRouter(tags=["OpenAI"])
+
+InputType = StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
+_INPUT_SHAPES = "a string, an array of strings, an array of token ids, or an array of token-id arrays"
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    input: InputType = Field(description=f"Text to embed: {_INPUT_SHAPES}.")
+    model: str | None = Field(None, description="Model id or alias; the first served model when omitted.")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="`base64` is little-endian float32, as the openai client requests by default."
+    )
+    dimensions: int | None = Field(None, description="Cut vectors to this many dimensions and renormalise.")
+    user: str | None = Field(None, description="Accepted and ignored.")
+
+    @field_validator("input", mode="wrap")
+    @classmethod
+    def _input_shape(cls, value: Any, handler):
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(f"must be {_INPUT_SHAPES}") from None
+
+    def inputs(self) -> list[str] | list[list[int]]:
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if value and isinstance(value[0], int):
+            return [value]  # one input given as token ids
+        return value
+
+
+class EmbeddingObject(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingObject]
+    model: str
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+def service(request: Request) -> EmbeddingService:
+    return request.app.state.service
+
+
+def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[Any]:
+    """One JSON-ready embedding per row: the float32 row itself, or its bytes in base64."""
+    if encoding_format == "base64":
+        little = vectors.astype("<f4", copy=False)
+        return [base64.b64encode(row.tobytes()).decode("ascii") for row in little]
+    return list(vectors)
+
+
+@router.post("/v1/embeddings", response_model=EmbeddingResponse, summary="Create embeddings")
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> Any:
+    result = await service(request).embed(body.model, body.inputs(), dimensions=body.dimensions)
+    data = [
+        {"object": "embedding", "index": i, "embedding": emb}
+        for i, emb in enumerate(encode_vectors(result.vectors, body.encoding_format))
+    ]
+    return OrjsonResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": body.model or result.model,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+    )
+
+
+def model_card(model: LoadedModel) -> dict:
+    return {"id": model.id, "object": "model", "created": int(model.loaded_at), "owned_by": "embedserve"}
+
+
+@router.get("/v1/models", response_model=ModelList, summary="List served models")
+async def list_models(request: Request) -> Any:
+    return OrjsonResponse({"object": "list", "data": [model_card(m) for m in service(request).models]})
+
+
+@router.get("/v1/models/{model:path}", response_model=ModelCard, summary="Retrieve a served model")
+async def get_model(model: Annotated[str, "model id"], request: Request) -> Any:
+    return OrjsonResponse(model_card(service(request).get(model)))

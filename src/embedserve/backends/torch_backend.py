@@ -1,0 +1,120 @@
+"""sentence-transformers / transformers on torch, CPU or CUDA.
+
+The model is loaded with sentence-transformers so that its own module stack (Transformer,
+Pooling, Dense, Normalize) and its config (max_seq_length, prompts) are honoured. We run the
+first module as `forward` and the rest, minus Normalize, as `pool`: normalisation is applied
+by the engine so that raw pooled vectors stay available.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embedserve.backends.base import Backend, Batch, ModelInfo, TokenIds
+from embedserve.backends.tokenization import HFTokenizer
+from embedserve.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def physical_cores() -> int:
+    """Physical cores available to this process (hyper-threads share one core's units)."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        available = os.cpu_count() or 1
+    try:
+        with open("/proc/cpuinfo") as fh:
+            text = fh.read()
+        siblings = [int(line.split(":")[1]) for line in text.splitlines() if line.startswith("siblings")]
+        cores = [int(line.split(":")[1]) for line in text.splitlines() if line.startswith("cpu cores")]
+        if siblings and cores and siblings[0] > cores[0]:
+            return max(1, available * cores[0] // siblings[0])
+    except OSError:
+        pass
+    return max(1, available)
+
+
+def _pooling_name(module: torch.nn.Module) -> str:
+    mode = getattr(module, "pooling_mode", None)
+    if isinstance(mode, str):
+        return mode
+    if isinstance(mode, (tuple, list)):
+        return "+".join(mode)
+    return type(module).__name__.lower()
+
+
+class TorchBackend(Backend):
+    def __init__(self, path: str | Path, *, device: str = "auto", threads: int = 0):
+        from sentence_transformers import SentenceTransformer
+        from sentence_transformers.base.modules.normalize import Normalize
+
+        self.device = pick_device(device)
+        if self.device == "cpu":
+            torch.set_num_threads(threads or physical_cores())
+        try:
+            st = SentenceTransformer(str(path), device=self.device, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - any loader failure is a load error
+            raise ModelLoadError(f"could not load model from {path}: {exc}") from exc
+        st.eval()
+        modules = list(st.children())
+        self._encoder = modules[0]
+        self._poolers = [m for m in modules[1:] if not isinstance(m, Normalize)]
+        normalize = any(isinstance(m, Normalize) for m in modules[1:])
+        pooling = next((_pooling_name(m) for m in self._poolers if "pool" in type(m).__name__.lower()), "none")
+
+        hf_tok = st.tokenizer
+        config = getattr(getattr(self._encoder, "model", None), "config", None)
+        limit = st.max_seq_length or getattr(config, "max_position_embeddings", None) or 512
+        self._tokenizer = HFTokenizer(hf_tok, int(limit))
+        self._needs_token_types = "token_type_ids" in getattr(hf_tok, "model_input_names", [])
+        self.pad_id = self._tokenizer.pad_id
+        self.info = ModelInfo(
+            dimension=int(st.get_embedding_dimension()),
+            max_seq_length=int(limit),
+            pooling=pooling,
+            normalize=normalize,
+            vocab_size=self._tokenizer.vocab_size,
+            device=self.device,
+            backend="torch",
+            prompts=dict(st.prompts or {}),
+            default_prompt_name=st.default_prompt_name,
+        )
+        self._st = st
+        log.info("loaded %s on %s: %s", path, self.device, self.info)
+
+    def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
+        return self._tokenizer.tokenize(texts, truncate=truncate)
+
+    def wrap_ids(self, ids: Sequence[TokenIds], *, truncate: bool) -> list[TokenIds]:
+        return self._tokenizer.wrap_ids(ids, truncate=truncate)
+
+    def _features(self, batch: Batch) -> dict[str, torch.Tensor]:
+        ids = torch.from_numpy(batch.input_ids).to(self.device)
+        feats = {"input_ids": ids, "attention_mask": torch.from_numpy(batch.attention_mask).to(self.device)}
+        if self._needs_token_types:
+            feats["token_type_ids"] = torch.zeros_like(ids)
+        return feats
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        with torch.inference_mode():
+            return self._encoder(self._features(batch))
+
+    def pool(self, batch: Batch, hidden: dict[str, torch.Tensor]) -> np.ndarray:
+        with torch.inference_mode():
+            features = hidden
+            for module in self._poolers:
+                features = module(features)
+            return features["sentence_embedding"].float().cpu().numpy()

@@ -1,0 +1,187 @@
+"""One model's queue and batching worker.
+
+Requests are admitted against a bound (`max_queue`, else Overloaded -> 429), their
+tokenized inputs go into a shared pool, and a single worker task repeatedly takes the
+whole pool, plans batches across all waiting callers and runs them on a dedicated thread.
+While a batch runs, new arrivals accumulate, so batch size grows with load by itself.
+A failing batch fails only its own callers; the loop itself never dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from embedserve.backends.base import Backend, Batch, TokenIds
+from embedserve.engine.batcher import plan_batches
+from embedserve.errors import BackendFailure, NotReady, Overloaded
+
+log = logging.getLogger(__name__)
+
+
+class EngineObserver:
+    """Hooks for metrics; the default does nothing."""
+
+    def batch_done(self, model: str, size: int, tokens: int, seconds: float) -> None: ...
+
+    def queue_time(self, model: str, seconds: float) -> None: ...
+
+    def queue_depth(self, model: str, depth: int) -> None: ...
+
+    def tokens(self, model: str, count: int) -> None: ...
+
+
+@dataclass(eq=False)
+class _Request:
+    vectors: np.ndarray
+    future: asyncio.Future
+    remaining: int
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass(eq=False)
+class _Item:
+    request: _Request
+    index: int
+    ids: TokenIds
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class ModelWorker:
+    def __init__(
+        self,
+        name: str,
+        backend: Backend,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        max_queue: int,
+        observer: EngineObserver | None = None,
+    ):
+        self.name = name
+        self.backend = backend
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.max_queue = max_queue
+        self.observer = observer or EngineObserver()
+        self._pool: list[_Item] = []
+        self._wake = asyncio.Event()
+        self._admitted = 0
+        self._task: asyncio.Task | None = None
+        self._closing = False
+        # One inference thread per model: torch/onnx already use every core inside one call.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+
+    @property
+    def depth(self) -> int:
+        """Requests admitted and not yet answered."""
+        return self._admitted
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Reserve a queue slot for one request, or refuse at once (no model work done)."""
+        if self._closing:
+            raise NotReady(f"model '{self.name}' is shutting down")
+        if self._admitted >= self.max_queue:
+            raise Overloaded(
+                f"model '{self.name}' has {self._admitted} requests waiting (max {self.max_queue}); retry later"
+            )
+        self._admitted += 1
+        self.observer.queue_depth(self.name, self._admitted)
+        try:
+            yield
+        finally:
+            self._admitted -= 1
+            self.observer.queue_depth(self.name, self._admitted)
+
+    async def embed(self, sequences: Sequence[TokenIds]) -> np.ndarray:
+        """Pooled (unnormalised) vectors for `sequences`, in order. Call inside `admit()`."""
+        loop = asyncio.get_running_loop()
+        request = _Request(
+            vectors=np.empty((len(sequences), self.backend.info.dimension), dtype=np.float32),
+            future=loop.create_future(),
+            remaining=len(sequences),
+        )
+        self._pool.extend(_Item(request, i, ids) for i, ids in enumerate(sequences))
+        self._wake.set()
+        return await request.future
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            items, self._pool = self._pool, []
+            try:
+                await self._run_round(items)
+            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+                log.exception("batching round failed for model %s", self.name)
+                self._fail(items, BackendFailure(f"inference failed: {exc}"))
+
+    async def _run_round(self, items: list[_Item]) -> None:
+        live = [item for item in items if not item.request.future.done()]
+        loop = asyncio.get_running_loop()
+        for batch in plan_batches(live, max_tokens=self.max_batch_tokens, max_size=self.max_batch_size):
+            batch = [item for item in batch if not item.request.future.done()]
+            if not batch:
+                continue
+            started = time.perf_counter()
+            for request in {item.request for item in batch}:
+                self.observer.queue_time(self.name, started - request.enqueued)
+            try:
+                vectors = await loop.run_in_executor(self._executor, self._infer, [i.ids for i in batch])
+            except Exception as exc:  # noqa: BLE001 - a backend fault fails this batch only
+                log.error("inference failed for model %s (batch of %d): %r", self.name, len(batch), exc)
+                self._fail(batch, BackendFailure(f"inference failed for model '{self.name}': {exc}"))
+                continue
+            self.observer.batch_done(
+                self.name, len(batch), sum(len(i) for i in batch), time.perf_counter() - started
+            )
+            for item, vector in zip(batch, vectors, strict=True):
+                request = item.request
+                if request.future.done():
+                    continue
+                request.vectors[item.index] = vector
+                request.remaining -= 1
+                if request.remaining == 0:
+                    request.future.set_result(request.vectors)
+
+    def _infer(self, sequences: list[TokenIds]) -> np.ndarray:
+        vectors = self.backend.embed(Batch.from_ids(sequences, pad_id=self.backend.pad_id))
+        if vectors.shape[0] != len(sequences):
+            raise RuntimeError(f"backend returned {vectors.shape[0]} vectors for {len(sequences)} inputs")
+        return vectors
+
+    @staticmethod
+    def _fail(items: Sequence[_Item], error: Exception) -> None:
+        for item in items:
+            if not item.request.future.done():
+                item.request.future.set_exception(error)
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Stop admitting, let admitted requests finish (up to `timeout`), then stop."""
+        self._closing = True
+        deadline = time.monotonic() + timeout
+        while self._admitted and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._fail(self._pool, NotReady(f"model '{self.name}' was unloaded"))
+        self._pool = []
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,62 @@
+"""Prometheus metrics, one registry per app (so several apps in one process don't clash)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from embedserve.engine.worker import EngineObserver
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics(EngineObserver):
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "embedserve_requests", "HTTP requests by route and status.", ["route", "method", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "embedserve_request_duration_seconds", "HTTP request duration.", ["route"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_seconds = Histogram(
+            "embedserve_queue_time_seconds", "Time a request waited before its first batch ran.", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "embedserve_batch_size", "Inputs per inference batch.", ["model"], buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "embedserve_batch_duration_seconds", "Inference time of one batch.", ["model"],
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.input_tokens = Counter(
+            "embedserve_input_tokens", "Input tokens embedded (after truncation).", ["model"], registry=r
+        )
+        self.depth = Gauge(
+            "embedserve_queue_depth", "Requests queued or in flight per model.", ["model"], registry=r
+        )
+
+    # EngineObserver hooks
+    def batch_done(self, model: str, size: int, tokens: int, seconds: float) -> None:
+        self.batch_size.labels(model).observe(size)
+        self.batch_seconds.labels(model).observe(seconds)
+
+    def queue_time(self, model: str, seconds: float) -> None:
+        self.queue_seconds.labels(model).observe(seconds)
+
+    def queue_depth(self, model: str, depth: int) -> None:
+        self.depth.labels(model).set(depth)
+
+    def tokens(self, model: str, count: int) -> None:
+        self.input_tokens.labels(model).inc(count)
+
+    # HTTP
+    def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_duration.labels(route).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
