@@ -17,6 +17,7 @@ from embedserve.api.middleware import RequestContextMiddleware
 from embedserve.api.responses import OrjsonResponse
 from embedserve.engine.service import BackendFactory, EmbeddingService
 from embedserve.metrics import Metrics
+from embedserve.models.registry import ModelResolver
 from embedserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,14 @@ def create_app(
     settings: Settings,
     *,
     backend_factory: BackendFactory | None = None,
+    resolver: ModelResolver | None = None,
     on_load_failure: Callable[[Exception], None] | None = None,
 ) -> FastAPI:
     """The app. Models load in the background after start-up so /health answers meanwhile."""
     metrics = Metrics()
-    service = EmbeddingService(settings, backend_factory or default_backend_factory(settings), observer=metrics)
+    service = EmbeddingService(
+        settings, backend_factory or default_backend_factory(settings), resolver=resolver, observer=metrics
+    )
 
     async def load_all() -> None:
         try:

@@ -1,0 +1,65 @@
+"""Shared fixtures: an app on the deterministic fake backend, and a client that waits for it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from embedserve.api.app import create_app
+from embedserve.backends.fake import FakeBackend
+from embedserve.models.registry import ResolvedModel, aliases_for
+from embedserve.settings import Settings
+
+
+class FakeResolver:
+    """Resolves any name to a fake folder; names starting with 'missing' are not found."""
+
+    def resolve(self, name: str) -> ResolvedModel:
+        from embedserve.errors import ModelNotFound
+
+        if name.startswith("missing"):
+            raise ModelNotFound(f"model '{name}' could not be found", param="model")
+        return ResolvedModel(name, Path("/fake") / name, "fake", aliases_for(name))
+
+
+def wait_ready(client: TestClient, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.get("/ready").status_code == 200:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"app not ready: {client.get('/ready').json()}")
+
+
+@pytest.fixture
+def fake_backend() -> FakeBackend:
+    return FakeBackend()
+
+
+@pytest.fixture
+def make_client(fake_backend: FakeBackend):
+    """make_client(**settings) -> a ready TestClient on the fake backend (one model, 'fake-model')."""
+    clients: list[TestClient] = []
+
+    def factory(backend: FakeBackend | None = None, **overrides) -> TestClient:
+        settings = Settings(**{"models": ("org/fake-model",), **overrides})
+        chosen = backend or fake_backend
+        app = create_app(settings, backend_factory=lambda path: chosen, resolver=FakeResolver())
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        wait_ready(client)
+        return client
+
+    yield factory
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client) -> Iterator[TestClient]:
+    yield make_client()
