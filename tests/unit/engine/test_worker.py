@@ -1,0 +1,132 @@
+"""ModelWorker: dynamic batching across callers, backpressure, fault isolation."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from embedserve.backends.fake import FakeBackend
+from embedserve.engine.worker import ModelWorker
+from embedserve.errors import BackendFailure, Overloaded
+
+
+def make_worker(backend: FakeBackend, **kw) -> ModelWorker:
+    params = {"max_batch_tokens": 10_000, "max_batch_size": 16, "max_queue": 1000} | kw
+    worker = ModelWorker("m", backend, **params)
+    worker.start()
+    return worker
+
+
+async def call(worker: ModelWorker, seqs):
+    with worker.admit():
+        return await worker.embed(seqs)
+
+
+async def test_concurrent_single_requests_share_batches_and_get_their_own_vectors():
+    backend = FakeBackend(delay=0.01)
+    worker = make_worker(backend, max_batch_size=16)
+    seqs = [[1, 10 + i, 2] for i in range(64)]
+    results = await asyncio.gather(*(call(worker, [s]) for s in seqs))
+    assert sum(backend.batch_sizes) == 64
+    assert len(backend.batch_sizes) <= 16, backend.batch_sizes  # far fewer than 64 batches
+    assert max(backend.batch_sizes) <= 16  # never over the cap
+    for seq, result in zip(seqs, results, strict=True):
+        assert result.shape == (1, 8)
+        np.testing.assert_array_equal(result[0], backend.vector_for(seq))
+    await worker.close()
+
+
+async def test_one_request_keeps_its_order_across_batches():
+    backend = FakeBackend()
+    worker = make_worker(backend, max_batch_size=3)
+    # lengths deliberately unsorted: the batcher reorders, the caller must not notice
+    seqs = [[1, *range(10, 10 + n), 2] for n in (5, 1, 9, 3, 7, 2, 8)]
+    result = await call(worker, seqs)
+    assert len(backend.batch_sizes) == 3
+    for row, seq in zip(result, seqs, strict=True):
+        np.testing.assert_array_equal(row, backend.vector_for(seq))
+    await worker.close()
+
+
+async def test_queue_bound_refuses_without_touching_the_model():
+    backend = FakeBackend(delay=0.2)
+    worker = make_worker(backend, max_queue=2)
+    first = asyncio.create_task(call(worker, [[1, 5, 2]]))
+    second = asyncio.create_task(call(worker, [[1, 6, 2]]))
+    await asyncio.sleep(0.01)
+    assert worker.depth == 2
+    batches_before = len(backend.batch_sizes)
+    with pytest.raises(Overloaded) as info:
+        with worker.admit():
+            pass
+    assert info.value.status == 429 and info.value.retry_after >= 1
+    assert len(backend.batch_sizes) == batches_before
+    await asyncio.gather(first, second)
+    assert worker.depth == 0
+    with worker.admit():  # slots are released after the answers
+        pass
+    await worker.close()
+
+
+async def test_backend_fault_fails_only_that_batch_and_worker_goes_on():
+    backend = FakeBackend()
+    backend.fail_when = lambda batch: bool((batch.input_ids == 666).any())
+    worker = make_worker(backend, max_batch_size=1)
+    good, bad = [1, 5, 2], [1, 666, 2]
+    results = await asyncio.wait_for(
+        asyncio.gather(call(worker, [good]), call(worker, [bad]), return_exceptions=True), timeout=5
+    )
+    np.testing.assert_array_equal(results[0][0], backend.vector_for(good))
+    assert isinstance(results[1], BackendFailure)
+    assert results[1].status == 500 and "injected backend fault" in results[1].message
+    # the worker survived: the next request is served
+    again = await asyncio.wait_for(call(worker, [good]), timeout=5)
+    np.testing.assert_array_equal(again[0], backend.vector_for(good))
+    await worker.close()
+
+
+async def test_every_caller_of_a_failing_batch_gets_an_error_not_a_hang():
+    backend = FakeBackend(delay=0.01)
+    backend.fail_when = lambda batch: True
+    worker = make_worker(backend)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(call(worker, [[1, i + 3, 2]]) for i in range(20)), return_exceptions=True), timeout=5
+    )
+    assert all(isinstance(r, BackendFailure) for r in results)
+    assert worker.depth == 0
+    await worker.close()
+
+
+async def test_backend_returning_wrong_row_count_is_a_failure_not_a_hang():
+    backend = FakeBackend()
+    backend.pool = lambda batch, hidden: np.zeros((0, 8), dtype=np.float32)
+    worker = make_worker(backend)
+    with pytest.raises(BackendFailure):
+        await asyncio.wait_for(call(worker, [[1, 5, 2]]), timeout=5)
+    await worker.close()
+
+
+async def test_cancelled_caller_does_not_break_others():
+    backend = FakeBackend(delay=0.05)
+    worker = make_worker(backend, max_batch_size=1)
+    slow = asyncio.create_task(call(worker, [[1, 5, 2]]))
+    cancelled = asyncio.create_task(call(worker, [[1, 6, 2]]))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    result = await asyncio.wait_for(slow, timeout=5)
+    assert result.shape == (1, 8)
+    after = await asyncio.wait_for(call(worker, [[1, 7, 2]]), timeout=5)
+    np.testing.assert_array_equal(after[0], backend.vector_for([1, 7, 2]))
+    assert worker.depth == 0
+    await worker.close()
+
+
+async def test_close_finishes_in_flight_requests():
+    backend = FakeBackend(delay=0.1)
+    worker = make_worker(backend)
+    pending = asyncio.create_task(call(worker, [[1, 5, 2]]))
+    await asyncio.sleep(0.01)
+    await worker.close(timeout=5)
+    assert (await pending).shape == (1, 8)
