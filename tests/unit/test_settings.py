@@ -1,0 +1,48 @@
+"""Settings: env prefix, frozen, and every field is a CLI flag and a README row."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from pydantic import ValidationError
+
+from embedserve.cli import app, build_settings
+from embedserve.settings import Settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_env_prefix_and_comma_lists(monkeypatch):
+    monkeypatch.setenv("EMBEDSERVE_MODELS", "a-model, /some/folder")
+    monkeypatch.setenv("EMBEDSERVE_MAX_QUEUE", "7")
+    monkeypatch.setenv("EMBEDSERVE_TRUNCATE", "false")
+    settings = Settings()
+    assert settings.models == ("a-model", "/some/folder")
+    assert settings.max_queue == 7 and settings.truncate is False
+
+
+def test_flags_override_env(monkeypatch):
+    monkeypatch.setenv("EMBEDSERVE_MAX_QUEUE", "7")
+    settings = build_settings(max_queue=9, models=("x", "y"), truncate=None)
+    assert settings.max_queue == 9 and settings.models == ("x", "y") and settings.truncate is True
+
+
+def test_frozen():
+    with pytest.raises(ValidationError):
+        Settings().port = 1  # type: ignore[misc]
+
+
+def test_invalid_values_are_refused():
+    with pytest.raises(ValidationError):
+        Settings(max_queue=0)
+
+
+def test_every_setting_is_a_flag_and_a_readme_row():
+    help_text = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
+    readme = README.read_text()
+    for name in Settings.model_fields:
+        flag = {"models": "--model", "cors_origins": "--cors-origin"}.get(name, "--" + name.replace("_", "-"))
+        assert flag in help_text, flag
+        env = f"EMBEDSERVE_{name.upper()}"
+        assert f"`{env}`" in readme, f"README lacks a row for {env}"
+        assert f"`{flag}" in readme, f"README lacks the flag {flag}"
