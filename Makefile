@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 serve: install
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-0} $(BIN)/embedserve serve --host $(HOST) --port $(PORT)
+	$(BIN)/embedserve serve --host $(HOST) --port $(PORT)
 
 test: install
 	$(BIN)/python -m pytest -q -ra
