@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from embedserve import __version__
 from embedserve.api import openai, ops
 from embedserve.api.errors import install_error_handlers
-from embedserve.api.middleware import RequestContextMiddleware
+from embedserve.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from embedserve.api.responses import OrjsonResponse
 from embedserve.engine.service import BackendFactory, EmbeddingService
 from embedserve.metrics import Metrics
@@ -47,8 +47,7 @@ def create_app(
 
     async def load_all() -> None:
         try:
-            for name in settings.models:
-                await service.load(name)
+            await service.load_all(settings.models)
         except Exception as exc:  # noqa: BLE001 - reported on /ready and in the log
             log.error("could not load models: %s", exc)
             app.state.load_error = str(exc)
@@ -82,6 +81,9 @@ def create_app(
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(ops.router)
+    # Outermost last: request id/metrics/log around everything, then CORS, so that even a
+    # 413 from the body limit carries CORS headers a browser needs to read it.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
@@ -89,5 +91,5 @@ def create_app(
         allow_headers=["*"],
         expose_headers=["X-Request-Id", "Retry-After"],
     )
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app

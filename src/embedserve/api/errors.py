@@ -13,6 +13,7 @@ from embedserve.errors import EmbedServeError, Overloaded
 
 log = logging.getLogger(__name__)
 
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
 
@@ -66,6 +67,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 400 and message == _FASTAPI_BODY_ERROR:
+            # FastAPI's own 400 for bodies json.loads can't take (not UTF-8, too deep, huge ints):
+            # the same client error as any other malformed JSON, so the same 422.
+            return error_response(
+                422, "request body is not valid JSON", "invalid_request_error", code="invalid_request"
+            )
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route for {request.method} {request.url.path}"
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"

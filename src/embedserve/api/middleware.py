@@ -1,8 +1,8 @@
-"""Outermost ASGI middleware: request id, body-size limit, access log, HTTP metrics.
+"""Plain ASGI middleware (not BaseHTTPMiddleware: these run on every request and must be cheap).
 
-Written as plain ASGI (not BaseHTTPMiddleware) because it runs on every request and must
-be cheap. The body is read here, up to the limit, and replayed to the app: a body over
-the limit is refused with 413 whether it announced its size (Content-Length) or streamed.
+RequestContextMiddleware (outermost): request id, access log, HTTP metrics.
+BodyLimitMiddleware (inside CORS): reads the body up to the limit and replays it to the app;
+a body over the limit is refused with 413 whether it announced its size or streamed.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ access_log = logging.getLogger("embedserve.access")
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, metrics: Metrics):
+    def __init__(self, app: ASGIApp, *, metrics: Metrics):
         self.app = app
-        self.max_body_bytes = max_body_bytes
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -32,8 +31,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = dict(scope["headers"])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = _header(scope, b"x-request-id").decode("latin-1")[:128] or uuid.uuid4().hex
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -44,16 +42,11 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            body = await self._read_body(scope, receive, headers)
-            if body is None:
-                await self._too_large(send_with_id)
-                return
-            await self.app(scope, _replay(body, receive), send_with_id)
+            await self.app(scope, receive, send_with_id)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
             seconds = time.perf_counter() - started
-            self.metrics.http_request(path, scope["method"], status, seconds)
+            self.metrics.http_request(route, scope["method"], status, seconds)
             access_log.info(
                 "%s %s %d",
                 scope["method"],
@@ -62,15 +55,27 @@ class RequestContextMiddleware:
                 extra={"request_id": request_id, "status": status, "ms": round(seconds * 1000, 2)},
             )
 
-    async def _read_body(self, scope: Scope, receive: Receive, headers: dict) -> bytes | None:
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body = await self._read_body(scope, receive)
+        if body is None:
+            await self._too_large(send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body, or None when it is over the limit."""
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                if int(declared) > self.max_body_bytes:
-                    return None
-            except ValueError:
-                pass
+        declared = _header(scope, b"content-length")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            return None
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -86,21 +91,18 @@ class RequestContextMiddleware:
         return b"".join(chunks)
 
     async def _too_large(self, send: Send) -> None:
-        body = dumps(
-            error_body(
-                f"request body is larger than the limit of {self.max_body_bytes} bytes",
-                PayloadTooLarge.type,
-                code=PayloadTooLarge.code,
-            )
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": PayloadTooLarge.status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-            }
-        )
+        message = f"request body is larger than the limit of {self.max_body_bytes} bytes"
+        body = dumps(error_body(message, PayloadTooLarge.type, code=PayloadTooLarge.code))
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": PayloadTooLarge.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> bytes:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return b""
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -26,7 +26,7 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="`base64` is little-endian float32, as the openai client requests by default."
     )
-    dimensions: int | None = Field(None, description="Cut vectors to this many dimensions and renormalise.")
+    dimensions: StrictInt | None = Field(None, description="Cut vectors to this many dimensions and renormalise.")
     user: str | None = Field(None, description="Accepted and ignored.")
 
     @field_validator("input", mode="wrap")

@@ -18,7 +18,7 @@ import numpy as np
 
 from embedserve.backends.base import Backend, ModelInfo, TokenIds
 from embedserve.engine.worker import EngineObserver, ModelWorker
-from embedserve.errors import BadRequest, InvalidInput, ModelNotFound
+from embedserve.errors import BadRequest, InvalidInput, ModelNotFound, NotReady
 from embedserve.models.registry import ModelResolver, ResolvedModel
 from embedserve.settings import Settings
 
@@ -63,6 +63,7 @@ class EmbeddingService:
         self._resolver = resolver or ModelResolver(models_dir=settings.models_dir, revision=settings.revision)
         self._observer = observer or EngineObserver()
         self._models: dict[str, LoadedModel] = {}
+        self._loading: set[str] = set()
 
     # ---- models -------------------------------------------------------------------------
     @property
@@ -77,6 +78,8 @@ class EmbeddingService:
         """The loaded model a client means by `name` (its id or any alias, any case)."""
         if name is None:
             if (model := self.default_model) is None:
+                if self._loading:
+                    raise NotReady("models are still loading; retry shortly")
                 raise ModelNotFound("no model is loaded", param="model")
             return model
         for model in self._models.values():
@@ -86,10 +89,28 @@ class EmbeddingService:
         for model in self._models.values():
             if lowered in {a.lower() for a in model.aliases}:
                 return model
+        if self._loading:
+            raise NotReady(f"models are still loading ({', '.join(sorted(self._loading))}); retry shortly")
         served = ", ".join(sorted(self._models)) or "none"
         raise ModelNotFound(f"model '{name}' is not served here (served: {served})", param="model")
 
+    async def load_all(self, names: Sequence[str]) -> None:
+        """Load the start-up models; until each is in, requests for it get 503, not 404."""
+        self._loading.update(names)
+        try:
+            for name in names:
+                await self.load(name)
+        finally:
+            self._loading.difference_update(names)
+
     async def load(self, name: str) -> LoadedModel:
+        self._loading.add(name)
+        try:
+            return await self._load(name)
+        finally:
+            self._loading.discard(name)
+
+    async def _load(self, name: str) -> LoadedModel:
         resolved: ResolvedModel = await asyncio.to_thread(self._resolver.resolve, name)
         if resolved.id in self._models:
             return self._models[resolved.id]
@@ -159,6 +180,13 @@ class EmbeddingService:
             if len(item) == 0:
                 kind = "string" if isinstance(item, str) else "token list"
                 raise InvalidInput(f"input[{i}] is an empty {kind}", param=f"input[{i}]")
+            if isinstance(item, str) and not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate such as "\ud800" is valid JSON, not text
+                    raise InvalidInput(
+                        f"input[{i}] is not valid Unicode text (it has an unpaired surrogate)", param=f"input[{i}]"
+                    ) from None
 
     def _tokenize(self, model: LoadedModel, inputs: Inputs, prompt: str | None) -> list[TokenIds]:
         backend, info = model.worker.backend, model.info

@@ -113,12 +113,6 @@ def test_health_answers_while_loading_and_ready_follows(loading_client):
     assert client.post("/v1/embeddings", json={"input": "now"}).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: while models load, /v1/embeddings answers 404 model_not_found ('no model is loaded' / "
-    "'not served here (served: none)') instead of 503 not_ready, so clients treat a start-up as a "
-    "permanent error rather than a retryable one",
-)
 @pytest.mark.parametrize("body", [{"input": "x"}, {"input": "x", "model": MODEL}], ids=["default", "named"])
 def test_embeddings_while_loading_is_503(loading_client, body):
     client, _ = loading_client

@@ -166,11 +166,6 @@ def test_server_still_serves_after_413(make_client):
     assert r.status_code == 200, r.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the 413 is sent by RequestContextMiddleware, which app.py adds after (so outside) "
-    "CORSMiddleware: it carries no Access-Control-Allow-Origin, so a browser caller cannot read it",
-)
 def test_413_carries_cors_headers_like_other_errors(make_client):
     client = make_client(max_body_bytes=LIMIT)
     origin = {"Origin": "https://app.example"}
