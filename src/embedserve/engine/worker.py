@@ -1,10 +1,12 @@
 """One model's queue and batching worker.
 
-Requests are admitted against a bound (`max_queue`, else Overloaded -> 429), their
-tokenized inputs go into a shared pool, and a single worker task repeatedly takes the
-whole pool, plans batches across all waiting callers and runs them on a dedicated thread.
-While a batch runs, new arrivals accumulate, so batch size grows with load by itself.
-A failing batch fails only its own callers; the loop itself never dies.
+Requests are admitted against a bound (`max_queue`, else Overloaded -> 429) and their
+tokenized inputs join one pool per model. A single worker task plans length-sorted batches
+over everything waiting (from all callers), runs the batch holding the oldest request on a
+dedicated thread, and re-plans whenever new inputs arrived meanwhile. The pool therefore
+stays full under load, batches grow with load by themselves, and inputs of similar length
+from different callers end up padded together. A failing batch fails only its own callers;
+the loop itself never dies.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class _Request:
     future: asyncio.Future
     remaining: int
     enqueued: float = field(default_factory=time.perf_counter)
+    started: bool = False
 
 
 @dataclass(eq=False)
@@ -120,43 +123,57 @@ class ModelWorker:
         return await request.future
 
     async def _loop(self) -> None:
+        plan: list[list[_Item]] = []
         while True:
-            await self._wake.wait()
+            if not self._pool and not plan:
+                await self._wake.wait()
             self._wake.clear()
-            items, self._pool = self._pool, []
+            if self._pool:
+                # New arrivals: re-plan everything still waiting, so they can share batches
+                # (and padding lengths) with what was already queued.
+                waiting = [item for batch in plan for item in batch] + self._pool
+                self._pool = []
+                plan = plan_batches(
+                    [i for i in waiting if not i.request.future.done()],
+                    max_tokens=self.max_batch_tokens,
+                    max_size=self.max_batch_size,
+                )
+            if not plan:
+                continue
+            # Oldest request first, so a steady stream of short inputs can't starve a long one.
+            oldest = min(range(len(plan)), key=lambda k: min(i.request.enqueued for i in plan[k]))
+            batch = plan.pop(oldest)
             try:
-                await self._run_round(items)
+                await self._run_batch(batch)
             except Exception as exc:  # noqa: BLE001 - the loop must survive anything
-                log.exception("batching round failed for model %s", self.name)
-                self._fail(items, BackendFailure(f"inference failed: {exc}"))
+                log.exception("batch failed for model %s", self.name)
+                self._fail(batch, BackendFailure(f"inference failed: {exc}"))
 
-    async def _run_round(self, items: list[_Item]) -> None:
-        live = [item for item in items if not item.request.future.done()]
-        loop = asyncio.get_running_loop()
-        for batch in plan_batches(live, max_tokens=self.max_batch_tokens, max_size=self.max_batch_size):
-            batch = [item for item in batch if not item.request.future.done()]
-            if not batch:
-                continue
-            started = time.perf_counter()
-            for request in {item.request for item in batch}:
+    async def _run_batch(self, batch: list[_Item]) -> None:
+        batch = [item for item in batch if not item.request.future.done()]
+        if not batch:
+            return
+        started = time.perf_counter()
+        for request in {item.request for item in batch}:
+            if not request.started:
+                request.started = True
                 self.observer.queue_time(self.name, started - request.enqueued)
-            try:
-                vectors = await loop.run_in_executor(self._executor, self._infer, [i.ids for i in batch])
-            except Exception as exc:  # noqa: BLE001 - a backend fault fails this batch only
-                log.error("inference failed for model %s (batch of %d): %r", self.name, len(batch), exc)
-                self._fail(batch, BackendFailure(f"inference failed for model '{self.name}': {exc}"))
+        loop = asyncio.get_running_loop()
+        try:
+            vectors = await loop.run_in_executor(self._executor, self._infer, [i.ids for i in batch])
+        except Exception as exc:  # noqa: BLE001 - a backend fault fails this batch only
+            log.error("inference failed for model %s (batch of %d): %r", self.name, len(batch), exc)
+            self._fail(batch, BackendFailure(f"inference failed for model '{self.name}': {exc}"))
+            return
+        self.observer.batch_done(self.name, len(batch), sum(len(i) for i in batch), time.perf_counter() - started)
+        for item, vector in zip(batch, vectors, strict=True):
+            request = item.request
+            if request.future.done():
                 continue
-            self.observer.batch_done(
-                self.name, len(batch), sum(len(i) for i in batch), time.perf_counter() - started
-            )
-            for item, vector in zip(batch, vectors, strict=True):
-                request = item.request
-                if request.future.done():
-                    continue
-                request.vectors[item.index] = vector
-                request.remaining -= 1
-                if request.remaining == 0:
-                    request.future.set_result(request.vectors)
+            request.vectors[item.index] = vector
+            request.remaining -= 1
+            if request.remaining == 0:
+                request.future.set_result(request.vectors)
 
     def _infer(self, sequences: list[TokenIds]) -> np.ndarray:
         vectors = self.backend.embed(Batch.from_ids(sequences, pad_id=self.backend.pad_id))
