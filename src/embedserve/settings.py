@@ -27,6 +27,17 @@ class Settings(BaseSettings):
     )
     models_dir: Path | None = Field(None, description="Folder searched for <model name> sub-folders.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for Hub models.")
+    load_on_demand: bool = Field(
+        True, description="Load a model named by a request when it is not loaded yet (first request is slower)."
+    )
+    max_loaded_models: int = Field(
+        0, ge=0, description="Most models loaded at once; loading one more evicts the least recently used. 0 = no limit."
+    )
+    models_list_style: Literal["openai", "names"] = Field(
+        "openai",
+        description="Shape of GET /v1/models: OpenAI's list of model objects, or a list of names "
+        "({\"data\": [\"all-MiniLM-L6-v2\"], \"object\": \"list\"}).",
+    )
     device: str = Field("auto", description="auto (CUDA if available, else CPU), cpu, cuda or cuda:N.")
     backend: Literal["torch"] = Field("torch", description="Inference backend.")
     max_batch_tokens: int = Field(

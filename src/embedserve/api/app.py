@@ -15,7 +15,8 @@ from embedserve.api import openai, ops
 from embedserve.api.errors import install_error_handlers
 from embedserve.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from embedserve.api.responses import OrjsonResponse
-from embedserve.engine.service import BackendFactory, EmbeddingService
+from embedserve.engine.model_pool import BackendFactory
+from embedserve.engine.service import EmbeddingService
 from embedserve.metrics import Metrics
 from embedserve.models.registry import ModelResolver
 from embedserve.settings import Settings

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
 from embedserve.api.responses import OrjsonResponse
-from embedserve.engine.service import EmbeddingService, LoadedModel
+from embedserve.engine.model_pool import LoadedModel
+from embedserve.engine.service import EmbeddingService
 
 router = APIRouter(tags=["OpenAI"])
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -81,3 +81,7 @@ class Backend(ABC):
 
     def embed(self, batch: Batch) -> np.ndarray:
         return self.pool(batch, self.forward(batch))
+
+    def limit_sequence_length(self, max_seq_length: int) -> None:
+        """Serve at most `max_seq_length` tokens (a family default the model didn't declare)."""
+        self.info = replace(self.info, max_seq_length=max_seq_length)

@@ -77,7 +77,8 @@ class TorchBackend(Backend):
 
         hf_tok = st.tokenizer
         config = getattr(getattr(self._encoder, "model", None), "config", None)
-        limit = st.max_seq_length or getattr(config, "max_position_embeddings", None) or 512
+        self._position_limit = getattr(config, "max_position_embeddings", None) or 512
+        limit = st.max_seq_length or self._position_limit
         self._tokenizer = HFTokenizer(hf_tok, int(limit))
         self._needs_token_types = "token_type_ids" in getattr(hf_tok, "model_input_names", [])
         self.pad_id = self._tokenizer.pad_id
@@ -94,6 +95,12 @@ class TorchBackend(Backend):
         )
         self._st = st
         log.info("loaded %s on %s: %s", path, self.device, self.info)
+
+    def limit_sequence_length(self, max_seq_length: int) -> None:
+        limit = min(max_seq_length, self._position_limit)
+        self._tokenizer.max_length = limit
+        self._st.max_seq_length = limit
+        super().limit_sequence_length(limit)
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
         return self._tokenizer.tokenize(texts, truncate=truncate)

@@ -1,45 +1,28 @@
-"""The embedding service: what the HTTP layer calls. Owns loaded models and their workers.
+"""The embedding service: what every HTTP route calls to embed text.
 
-Validates inputs in model terms (empty, token ids out of vocabulary, too long), tokenizes
-off the event loop, queues on the model's worker, then normalises and cuts dimensions.
-Routes get plain numpy float32 arrays back; they never see tensors or backends.
+Validates inputs in model terms (empty, invalid text, token ids out of vocabulary, too
+long), applies the model's query/document prefix, tokenizes off the event loop, queues on
+the model's worker, then normalises and cuts dimensions. Routes get numpy float32 arrays
+back; they never see tensors or backends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from embedserve.backends.base import Backend, ModelInfo, TokenIds
-from embedserve.engine.worker import EngineObserver, ModelWorker
-from embedserve.errors import BadRequest, InvalidInput, ModelNotFound, NotReady
-from embedserve.models.registry import ModelResolver, ResolvedModel
+from embedserve.backends.base import TokenIds
+from embedserve.engine.model_pool import BackendFactory, LoadedModel, ModelPool
+from embedserve.engine.worker import EngineObserver
+from embedserve.errors import BadRequest, InvalidInput
+from embedserve.models.families import InputType
+from embedserve.models.registry import ModelResolver
 from embedserve.settings import Settings
 
-log = logging.getLogger(__name__)
-
-BackendFactory = Callable[[Path], Backend]
 Inputs = Sequence[str] | Sequence[Sequence[int]]
-
-
-@dataclass
-class LoadedModel:
-    id: str
-    aliases: frozenset[str]
-    source: str
-    path: Path
-    worker: ModelWorker
-    loaded_at: float = field(default_factory=time.time)
-
-    @property
-    def info(self) -> ModelInfo:
-        return self.worker.backend.info
 
 
 @dataclass(frozen=True)
@@ -59,83 +42,32 @@ class EmbeddingService:
         observer: EngineObserver | None = None,
     ):
         self.settings = settings
-        self._factory = backend_factory
-        self._resolver = resolver or ModelResolver(models_dir=settings.models_dir, revision=settings.revision)
         self._observer = observer or EngineObserver()
-        self._models: dict[str, LoadedModel] = {}
-        self._loading: set[str] = set()
+        self.pool = ModelPool(settings, backend_factory, resolver=resolver, observer=self._observer)
 
-    # ---- models -------------------------------------------------------------------------
+    # ---- models (delegated to the pool) --------------------------------------------------
     @property
     def models(self) -> list[LoadedModel]:
-        return list(self._models.values())
+        return self.pool.models
 
     @property
     def default_model(self) -> LoadedModel | None:
-        return next(iter(self._models.values()), None)
+        return self.pool.default_model
 
     def get(self, name: str | None) -> LoadedModel:
-        """The loaded model a client means by `name` (its id or any alias, any case)."""
-        if name is None:
-            if (model := self.default_model) is None:
-                if self._loading:
-                    raise NotReady("models are still loading; retry shortly")
-                raise ModelNotFound("no model is loaded", param="model")
-            return model
-        for model in self._models.values():
-            if name in model.aliases:
-                return model
-        lowered = name.lower()
-        for model in self._models.values():
-            if lowered in {a.lower() for a in model.aliases}:
-                return model
-        if self._loading:
-            raise NotReady(f"models are still loading ({', '.join(sorted(self._loading))}); retry shortly")
-        served = ", ".join(sorted(self._models)) or "none"
-        raise ModelNotFound(f"model '{name}' is not served here (served: {served})", param="model")
+        return self.pool.get(name)
 
     async def load_all(self, names: Sequence[str]) -> None:
-        """Load the start-up models; until each is in, requests for it get 503, not 404."""
-        self._loading.update(names)
-        try:
-            for name in names:
-                await self.load(name)
-        finally:
-            self._loading.difference_update(names)
+        await self.pool.load_all(names)
 
     async def load(self, name: str) -> LoadedModel:
-        self._loading.add(name)
-        try:
-            return await self._load(name)
-        finally:
-            self._loading.discard(name)
+        return await self.pool.load(name)
 
-    async def _load(self, name: str) -> LoadedModel:
-        resolved: ResolvedModel = await asyncio.to_thread(self._resolver.resolve, name)
-        if resolved.id in self._models:
-            return self._models[resolved.id]
-        started = time.perf_counter()
-        backend = await asyncio.to_thread(self._factory, resolved.path)
-        worker = ModelWorker(
-            resolved.id,
-            backend,
-            max_batch_tokens=self.settings.max_batch_tokens,
-            max_batch_size=self.settings.max_batch_size,
-            max_queue=self.settings.max_queue,
-            observer=self._observer,
-        )
-        worker.start()
-        model = LoadedModel(resolved.id, resolved.aliases, resolved.source, resolved.path, worker)
-        self._models[resolved.id] = model
-        log.info(
-            "model ready",
-            extra={"model": resolved.id, "source": resolved.source, "seconds": round(time.perf_counter() - started, 2)},
-        )
-        return model
+    async def unload(self, name: str | None) -> LoadedModel:
+        return await self.pool.unload(name)
 
     async def close(self) -> None:
-        await asyncio.gather(*(m.worker.close(self.settings.graceful_timeout) for m in self._models.values()))
-        self._models.clear()
+        await self.pool.close()
 
     # ---- embedding ----------------------------------------------------------------------
     async def embed(
@@ -145,18 +77,24 @@ class EmbeddingService:
         *,
         dimensions: int | None = None,
         normalize: bool | None = None,
-        prompt: str | None = None,
+        input_type: InputType | None = None,
     ) -> EmbedResult:
-        model = self.get(name)
-        info = model.info
+        """Vectors for `inputs` (texts or token-id lists), in order.
+
+        `normalize=None` keeps the model's own choice; `input_type` picks the model's query or
+        document prefix; `dimensions` cuts the vectors and renormalises them.
+        """
         self._check_inputs(inputs)
+        model = await self.pool.get_or_load(name)
+        info = model.info
         if dimensions is not None and not 1 <= dimensions <= info.dimension:
             raise BadRequest(
                 f"dimensions must be between 1 and {info.dimension} for model '{model.id}', got {dimensions}",
                 param="dimensions",
             )
+        prefix = model.prompts.prefix(input_type)
         with model.worker.admit():
-            sequences = await asyncio.to_thread(self._tokenize, model, inputs, prompt)
+            sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix)
             tokens = sum(len(s) for s in sequences)
             self._observer.tokens(model.id, tokens)
             vectors = await model.worker.embed(sequences)
@@ -188,11 +126,11 @@ class EmbeddingService:
                         f"input[{i}] is not valid Unicode text (it has an unpaired surrogate)", param=f"input[{i}]"
                     ) from None
 
-    def _tokenize(self, model: LoadedModel, inputs: Inputs, prompt: str | None) -> list[TokenIds]:
+    def _tokenize(self, model: LoadedModel, inputs: Inputs, prefix: str) -> list[TokenIds]:
         backend, info = model.worker.backend, model.info
         truncate = self.settings.truncate
         if isinstance(inputs[0], str):
-            texts = [prompt + t for t in inputs] if prompt else list(inputs)
+            texts = [prefix + t for t in inputs] if prefix else list(inputs)
             sequences = backend.tokenize(texts, truncate=truncate)
         else:
             for i, ids in enumerate(inputs):

@@ -221,8 +221,16 @@ def test_model_by_id_or_alias_echoes_requested_name(client, name):
 
 
 @pytest.mark.parametrize("name", ["no-such-model", "org/other-model"])
-def test_unknown_model_is_404(client, name):
+def test_unknown_model_is_404_without_load_on_demand(make_client, name):
+    client = make_client(load_on_demand=False)
     r = client.post("/v1/embeddings", json={"input": "x", "model": name})
     error = assert_openai_error(r, 404, type_="invalid_request_error", param="model", code="model_not_found")
     assert f"'{name}'" in error["message"]
-    assert MODEL in error["message"]  # says what is served
+    assert MODEL in error["message"]  # says what is loaded
+
+
+@pytest.mark.parametrize("name", ["missing-model", "missing/other-model"])
+def test_model_that_cannot_be_found_is_404(client, name):
+    r = client.post("/v1/embeddings", json={"input": "x", "model": name})
+    error = assert_openai_error(r, 404, type_="invalid_request_error", param="model", code="model_not_found")
+    assert f"'{name}'" in error["message"]

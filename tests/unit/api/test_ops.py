@@ -174,7 +174,7 @@ def test_metrics_label_unknown_routes_as_unmatched(client):
     [
         ("POST", "/v1/embeddings", {"json": {"input": "x"}}, 200),
         ("POST", "/v1/embeddings", {"json": {"input": []}}, 422),
-        ("POST", "/v1/embeddings", {"json": {"input": "x", "model": "nope"}}, 404),
+        ("POST", "/v1/embeddings", {"json": {"input": "x", "model": "missing-model"}}, 404),
         ("GET", "/nowhere", {}, 404),
         ("GET", "/v1/embeddings", {}, 405),
         ("GET", "/health", {}, 200),
