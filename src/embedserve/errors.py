@@ -85,3 +85,9 @@ class ModelLoadError(EmbedServeError):
     status = 500
     type = "server_error"
     code = "model_load_failed"
+
+
+class FidelityTooLow(ModelLoadError):
+    """A reduced-precision mode's vectors are too far from the fp32 reference."""
+
+    code = "fidelity_too_low"

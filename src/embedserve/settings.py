@@ -39,7 +39,21 @@ class Settings(BaseSettings):
         "({\"data\": [\"all-MiniLM-L6-v2\"], \"object\": \"list\"}).",
     )
     device: str = Field("auto", description="auto (CUDA if available, else CPU), cpu, cuda or cuda:N.")
-    backend: Literal["torch"] = Field("torch", description="Inference backend.")
+    backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="Inference backend; auto = ONNX Runtime on CPU, torch on CUDA (torch if export fails)."
+    )
+    dtype: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
+        "auto",
+        description="Precision; auto = fp32 on CPU, fp16 on CUDA. int8 (CPU, ONNX) is opt-in. "
+        "Reduced modes must pass the fidelity guard.",
+    )
+    min_fidelity: float = Field(
+        0.99, ge=0, le=1,
+        description="Least mean cosine to the fp32 reference on the calibration set for a reduced-precision mode.",
+    )
+    cache_dir: Path = Field(
+        Path("~/.cache/embedserve").expanduser(), description="Where exported/optimised ONNX graphs are cached."
+    )
     max_batch_tokens: int = Field(
         16384, ge=1, description="Token budget of one batch (padded length x batch size)."
     )

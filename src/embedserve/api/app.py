@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from embedserve import __version__
-from embedserve.api import openai, ops
+from embedserve.api import encode, flask_compat, generator, openai, ops, vectorize
 from embedserve.api.errors import install_error_handlers
 from embedserve.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from embedserve.api.responses import OrjsonResponse
@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 
 def default_backend_factory(settings: Settings) -> BackendFactory:
     def build(path):
-        from embedserve.backends.torch_backend import TorchBackend
+        from embedserve.backends.factory import build_backend
 
-        return TorchBackend(path, device=settings.device, threads=settings.threads)
+        return build_backend(settings, path)
 
     return build
 
@@ -82,6 +82,10 @@ def create_app(
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(ops.router)
+    app.include_router(flask_compat.router)
+    app.include_router(generator.router)
+    app.include_router(encode.router)
+    app.include_router(vectorize.router)
     # Outermost last: request id/metrics/log around everything, then CORS, so that even a
     # 413 from the body limit carries CORS headers a browser needs to read it.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)

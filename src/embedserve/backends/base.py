@@ -17,6 +17,26 @@ TokenIds = list[int]
 
 
 @dataclass(frozen=True)
+class Fidelity:
+    """How close a fast mode's vectors are to the fp32 reference (see backends.fidelity)."""
+
+    mode: str  # e.g. "onnx fp32"
+    reference: str  # e.g. "torch fp32"
+    mean_cosine: float
+    min_cosine: float
+    samples: int
+
+    def as_dict(self) -> dict:
+        return {
+            "mode": self.mode,
+            "reference": self.reference,
+            "mean_cosine": round(self.mean_cosine, 6),
+            "min_cosine": round(self.min_cosine, 6),
+            "samples": self.samples,
+        }
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a loaded model is, read from its own configuration."""
 
@@ -29,6 +49,8 @@ class ModelInfo:
     backend: str
     prompts: Mapping[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    dtype: str = "fp32"
+    fidelity: Fidelity | None = None
 
 
 @dataclass(frozen=True)

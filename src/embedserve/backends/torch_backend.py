@@ -11,16 +11,20 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from embedserve.backends import fidelity
 from embedserve.backends.base import Backend, Batch, ModelInfo, TokenIds
 from embedserve.backends.tokenization import HFTokenizer
 from embedserve.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def pick_device(requested: str) -> str:
@@ -57,7 +61,7 @@ def _pooling_name(module: torch.nn.Module) -> str:
 
 
 class TorchBackend(Backend):
-    def __init__(self, path: str | Path, *, device: str = "auto", threads: int = 0):
+    def __init__(self, path: str | Path, *, device: str = "auto", threads: int = 0, dtype: str = "fp32"):
         from sentence_transformers import SentenceTransformer
         from sentence_transformers.base.modules.normalize import Normalize
 
@@ -76,12 +80,13 @@ class TorchBackend(Backend):
         pooling = next((_pooling_name(m) for m in self._poolers if "pool" in type(m).__name__.lower()), "none")
 
         hf_tok = st.tokenizer
-        config = getattr(getattr(self._encoder, "model", None), "config", None)
+        config = getattr(self.transformer_model, "config", None)
         self._position_limit = getattr(config, "max_position_embeddings", None) or 512
         limit = st.max_seq_length or self._position_limit
         self._tokenizer = HFTokenizer(hf_tok, int(limit))
-        self._needs_token_types = "token_type_ids" in getattr(hf_tok, "model_input_names", [])
+        self.model_input_names = list(getattr(hf_tok, "model_input_names", ["input_ids", "attention_mask"]))
         self.pad_id = self._tokenizer.pad_id
+        self._st = st
         self.info = ModelInfo(
             dimension=int(st.get_embedding_dimension()),
             max_seq_length=int(limit),
@@ -93,13 +98,34 @@ class TorchBackend(Backend):
             prompts=dict(st.prompts or {}),
             default_prompt_name=st.default_prompt_name,
         )
-        self._st = st
+        if dtype != "fp32":
+            self._reduce_precision(dtype)
         log.info("loaded %s on %s: %s", path, self.device, self.info)
+
+    @property
+    def transformer_model(self) -> torch.nn.Module:
+        """The underlying transformers model (what an ONNX export traces)."""
+        return self._encoder.auto_model
+
+    def _reduce_precision(self, dtype: str) -> None:
+        """Cast the weights in place after measuring the fp32 reference on the calibration set."""
+        sequences = self.tokenize(fidelity.calibration_texts(), truncate=True)
+        reference = fidelity.embed_all(sequences, self.embed, self.pad_id)
+        self._encoder.to(TORCH_DTYPES[dtype])
+        fast = fidelity.embed_all(sequences, self.embed, self.pad_id)
+        result = fidelity.compare(f"torch {dtype}", "torch fp32", fast, reference)
+        self.info = replace(self.info, dtype=dtype, fidelity=result)
+
+    def release_encoder(self) -> None:
+        """Drop the torch encoder weights once another engine runs the forward pass."""
+        self._encoder = None
+        self._st = None
 
     def limit_sequence_length(self, max_seq_length: int) -> None:
         limit = min(max_seq_length, self._position_limit)
         self._tokenizer.max_length = limit
-        self._st.max_seq_length = limit
+        if self._st is not None:
+            self._st.max_seq_length = limit
         super().limit_sequence_length(limit)
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
@@ -108,16 +134,16 @@ class TorchBackend(Backend):
     def wrap_ids(self, ids: Sequence[TokenIds], *, truncate: bool) -> list[TokenIds]:
         return self._tokenizer.wrap_ids(ids, truncate=truncate)
 
-    def _features(self, batch: Batch) -> dict[str, torch.Tensor]:
+    def features(self, batch: Batch) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(batch.input_ids).to(self.device)
         feats = {"input_ids": ids, "attention_mask": torch.from_numpy(batch.attention_mask).to(self.device)}
-        if self._needs_token_types:
+        if "token_type_ids" in self.model_input_names:
             feats["token_type_ids"] = torch.zeros_like(ids)
         return feats
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         with torch.inference_mode():
-            return self._encoder(self._features(batch))
+            return self._encoder(self.features(batch))
 
     def pool(self, batch: Batch, hidden: dict[str, torch.Tensor]) -> np.ndarray:
         with torch.inference_mode():

@@ -1,0 +1,105 @@
+"""ONNX Runtime on CPU: the encoder runs as an optimised (optionally int8) graph.
+
+Tokenization and pooling are the torch backend's (the model's own sentence-transformers
+modules, which are cheap); only the transformer forward pass moves to ONNX Runtime. The
+torch encoder is used once, to export the graph (cached) and as the fp32 reference for the
+fidelity guard, then its weights are released: one copy of the weights per model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from embedserve.backends import fidelity
+from embedserve.backends.base import Backend, Batch, TokenIds
+from embedserve.backends.onnx_export import GraphCache, cache_key, export_encoder, optimize_graph, quantize_int8
+from embedserve.backends.torch_backend import TorchBackend, physical_cores
+
+log = logging.getLogger(__name__)
+
+_GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class OnnxBackend(Backend):
+    def __init__(self, path: str | Path, *, threads: int = 0, dtype: str = "fp32", cache_dir: Path):
+        if dtype not in ("fp32", "int8"):
+            raise ValueError(f"the ONNX backend runs fp32 or int8 on CPU, not {dtype}")
+        path = Path(path)
+        self._torch = TorchBackend(path, device="cpu", threads=threads)
+        self.pad_id = self._torch.pad_id
+        self._inputs = [name for name in _GRAPH_INPUTS if name in self._torch.model_input_names]
+        self._threads = threads or physical_cores()
+        key = cache_key(path, {"dtype": dtype, "inputs": self._inputs})
+        self.cache = GraphCache(cache_dir)
+        self.cache_hit = self._open(key, dtype)
+        self.info = replace(self._torch.info, backend="onnx", dtype=dtype)
+        result = fidelity.measure(
+            f"onnx {dtype}",
+            lambda texts: self.tokenize(texts, truncate=True),
+            self._torch.embed,
+            self.embed,
+            self.pad_id,
+        )
+        self.info = replace(self.info, fidelity=result)
+        self._torch.release_encoder()
+        log.info("onnx %s graph %s (%s): %s", dtype, "from cache" if self.cache_hit else "built", key, result)
+
+    def _open(self, key: str, dtype: str) -> bool:
+        """Load the cached graph, building it if missing; a corrupt entry is rebuilt once."""
+
+        def build(folder: Path) -> None:
+            raw = folder / "raw.onnx"
+            export_encoder(self._torch.transformer_model, self._inputs, raw)
+            if dtype == "int8":
+                quantize_int8(raw, folder / "model.onnx")
+            else:
+                optimize_graph(raw, folder / "model.onnx")
+            raw.unlink()
+
+        folder, hit = self.cache.get_or_build(key, build)
+        try:
+            self._session = self._session_for(folder / "model.onnx")
+        except Exception as exc:  # noqa: BLE001 - a broken cache entry must not stop the server
+            log.warning("cached ONNX graph %s is unusable (%s); rebuilding it", folder, exc)
+            self.cache.invalidate(key)
+            folder, hit = self.cache.get_or_build(key, build)
+            self._session = self._session_for(folder / "model.onnx")
+        return hit
+
+    def _session_for(self, graph: Path) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+    def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
+        return self._torch.tokenize(texts, truncate=truncate)
+
+    def wrap_ids(self, ids: Sequence[TokenIds], *, truncate: bool) -> list[TokenIds]:
+        return self._torch.wrap_ids(ids, truncate=truncate)
+
+    def limit_sequence_length(self, max_seq_length: int) -> None:
+        self._torch.limit_sequence_length(max_seq_length)
+        super().limit_sequence_length(self._torch.info.max_seq_length)
+
+    def forward(self, batch: Batch) -> np.ndarray:
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self._inputs:
+            feeds["token_type_ids"] = np.zeros_like(batch.input_ids)
+        return self._session.run(None, feeds)[0]
+
+    def pool(self, batch: Batch, hidden: np.ndarray) -> np.ndarray:
+        features = {
+            "token_embeddings": torch.from_numpy(hidden),
+            "attention_mask": torch.from_numpy(batch.attention_mask),
+        }
+        return self._torch.pool(batch, features)
