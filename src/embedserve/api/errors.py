@@ -22,10 +22,11 @@ def error_response(status: int, message: str, type_: str, *, param=None, code=No
 
 
 def _location(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # Only ints are list indices: a map key such as "123" (POST /embedding ids) stays a key.
+    parts = loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
     out = ""
     for part in parts:
-        out += f"[{part}]" if part.isdigit() else (f".{part}" if out else part)
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 

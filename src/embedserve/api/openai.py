@@ -7,11 +7,21 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from embedserve.api.responses import OrjsonResponse
 from embedserve.engine.model_pool import LoadedModel
 from embedserve.engine.service import EmbeddingService
+from embedserve.models.families import InputType as InputKind
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -29,6 +39,11 @@ class EmbeddingRequest(BaseModel):
     )
     dimensions: StrictInt | None = Field(None, description="Cut vectors to this many dimensions and renormalise.")
     user: str | None = Field(None, description="Accepted and ignored.")
+    input_type: InputKind | None = Field(
+        None,
+        description="`query` or `document`: apply the model's query or document prefix (its own prompts, "
+        "else its family's, e.g. E5's `query: ` / `passage: `). Omitted: the model's default prompt, if any.",
+    )
 
     @field_validator("input", mode="wrap")
     @classmethod
@@ -37,6 +52,14 @@ class EmbeddingRequest(BaseModel):
             return handler(value)
         except ValidationError:
             raise ValueError(f"must be {_INPUT_SHAPES}") from None
+
+    @model_validator(mode="after")
+    def _input_type_needs_text(self):
+        # Prefixes are text; token ids are embedded exactly as given, so a prefix can't apply.
+        inputs = self.inputs()
+        if self.input_type is not None and inputs and not isinstance(inputs[0], str):
+            raise ValueError("'input_type' applies to text input only; token ids are embedded as given")
+        return self
 
     def inputs(self) -> list[str] | list[list[int]]:
         value = self.input
@@ -77,6 +100,13 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class ModelNameList(BaseModel):
+    """`--models-list-style names`: what "Sentence embeddings over HTTP" clients expect."""
+
+    data: list[str]
+    object: Literal["list"] = "list"
+
+
 def service(request: Request) -> EmbeddingService:
     return request.app.state.service
 
@@ -91,7 +121,9 @@ def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[Any]:
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, summary="Create embeddings")
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Any:
-    result = await service(request).embed(body.model, body.inputs(), dimensions=body.dimensions)
+    result = await service(request).embed(
+        body.model, body.inputs(), dimensions=body.dimensions, input_type=body.input_type
+    )
     data = [
         {"object": "embedding", "index": i, "embedding": emb}
         for i, emb in enumerate(encode_vectors(result.vectors, body.encoding_format))
@@ -110,9 +142,17 @@ def model_card(model: LoadedModel) -> dict:
     return {"id": model.id, "object": "model", "created": int(model.loaded_at), "owned_by": "embedserve"}
 
 
-@router.get("/v1/models", response_model=ModelList, summary="List served models")
+@router.get(
+    "/v1/models",
+    response_model=ModelList | ModelNameList,
+    summary="List served models",
+    description="OpenAI's model objects; with `--models-list-style names`, the loaded model ids only.",
+)
 async def list_models(request: Request) -> Any:
-    return OrjsonResponse({"object": "list", "data": [model_card(m) for m in service(request).models]})
+    models = service(request).models
+    if request.app.state.settings.models_list_style == "names":
+        return OrjsonResponse({"data": [m.id for m in models], "object": "list"})
+    return OrjsonResponse({"object": "list", "data": [model_card(m) for m in models]})
 
 
 @router.get("/v1/models/{model:path}", response_model=ModelCard, summary="Retrieve a served model")

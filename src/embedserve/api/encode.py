@@ -1,0 +1,58 @@
+"""Drop-in for "Sentence embeddings over HTTP": GET (and POST) /v1/encode.
+
+That server takes its JSON body on a GET, `{"model": "all-MiniLM-L6-v2", "input": [...]}`, so
+the route reads a body whatever the method (FastAPI parses a declared body on GET too; POST
+is offered for clients and proxies that drop GET bodies).
+
+It serves only the models it has loaded (those listed by GET /v1/models), so unlike the other
+routes this one does not load on demand: a model that is not loaded is a 404.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, StrictStr
+
+from embedserve.api.compat import Text, embed_texts, service
+from embedserve.api.responses import OrjsonResponse
+
+router = APIRouter(tags=["Sentence embeddings over HTTP"])
+
+
+class EncodeRequest(BaseModel):
+    model: StrictStr | None = Field(
+        None, min_length=1, description="A loaded model (id or alias, see GET /v1/models); the default when omitted."
+    )
+    input: list[Text] = Field(min_length=1, description="Texts to embed.")
+
+
+class EncodedItem(BaseModel):
+    dims: int
+    embedding: list[float]
+    index: int
+    object: Literal["embedding"] = "embedding"
+
+
+class EncodeResponse(BaseModel):
+    data: list[EncodedItem]
+    model: str
+    object: Literal["list"] = "list"
+
+
+_SUMMARY = "Embed texts with a loaded model"
+
+
+@router.get(
+    "/v1/encode", response_model=EncodeResponse, summary=f"{_SUMMARY} (JSON body on GET)", operation_id="encode_get"
+)
+@router.post("/v1/encode", response_model=EncodeResponse, summary=_SUMMARY, operation_id="encode_post")
+async def encode(body: EncodeRequest, request: Request) -> Any:
+    model = service(request).get(body.model)  # 404 when not loaded: no loading on demand here
+    result = await embed_texts(request, body.input, field="input", model=model.id)
+    dims = int(result.vectors.shape[1])
+    data = [
+        {"dims": dims, "embedding": row, "index": i, "object": "embedding"} for i, row in enumerate(result.vectors)
+    ]
+    return OrjsonResponse({"data": data, "model": body.model or result.model, "object": "list"})

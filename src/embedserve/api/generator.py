@@ -1,0 +1,158 @@
+"""Drop-in for the "Embeddings Generator" API: GET /, POST /embeddings, model info/load/unload.
+
+Its clients send `{"texts": [...], "model_name": ..., "normalize": ..., "batch_size": ...}`.
+`batch_size` is accepted and ignored: the engine batches across all requests by its own token
+budget, which a per-request batch size could only make worse. `model_name` loads the model on
+demand like any other route (`--load-on-demand`); `normalize` defaults to true, as in that API,
+and `false` returns the raw pooled vectors.
+
+The model routes manage the same pool every API shares: a model loaded here serves
+/v1/embeddings too, and `--max-loaded-models` evicts the least recently used one. /model/load
+obeys `--no-load-on-demand` like every other route, so an operator's fixed set of models can't
+be widened by a client.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+
+from embedserve import __version__
+from embedserve.api.compat import Text, embed_texts, service
+from embedserve.api.responses import OrjsonResponse
+from embedserve.engine.model_pool import LoadedModel
+from embedserve.errors import ModelNotFound
+
+router = APIRouter(tags=["Embeddings Generator"])
+
+ModelName = Annotated[StrictStr, Field(min_length=1)]
+
+
+class GenerateRequest(BaseModel):
+    texts: list[Text] = Field(min_length=1, description="Texts to embed.")
+    model_name: ModelName | None = Field(
+        None, description="Model id or alias; the default model when omitted. Loaded on demand."
+    )
+    normalize: StrictBool = Field(True, description="L2-normalise the vectors; false returns raw pooled vectors.")
+    batch_size: StrictInt | None = Field(
+        None, ge=1, description="Accepted for compatibility and ignored: the server batches by itself."
+    )
+    input_type: Literal["query", "document"] | None = Field(
+        None, description="Apply the model's query or document prefix (e.g. E5's `query: `)."
+    )
+
+
+def describe(model: LoadedModel) -> dict[str, Any]:
+    """Everything a client may want to know about one loaded model."""
+    info, prompts = model.info, model.prompts
+    return {
+        "model_name": model.id,
+        "aliases": sorted(model.aliases),
+        "source": model.source,
+        "dimensions": info.dimension,
+        "max_seq_length": info.max_seq_length,
+        "device": info.device,
+        "backend": info.backend,
+        "pooling": info.pooling,
+        "normalize": info.normalize,
+        "family": prompts.family,
+        "prefixes": {
+            "query": prompts.query,
+            "document": prompts.document,
+            "default": prompts.default,
+            "source": prompts.source,
+        },
+        "load_seconds": model.load_seconds,
+        "loaded_at": model.loaded_at,
+    }
+
+
+def as_model_name_error(exc: ModelNotFound) -> ModelNotFound:
+    """Same error, pointing at this API's `model_name` rather than OpenAI's `model`."""
+    return ModelNotFound(exc.message, param="model_name", code=exc.code)
+
+
+@router.get("/", summary="API information: version, loaded models, documentation links")
+async def root(request: Request) -> Any:
+    svc, app = service(request), request.app
+    default = svc.default_model
+    return OrjsonResponse(
+        {
+            "name": app.title,
+            "version": __version__,
+            "description": app.description,
+            "default_model": default.id if default else None,
+            "models": [m.id for m in svc.models],
+            "docs": app.docs_url,
+            "redoc": app.redoc_url,
+            "openapi": app.openapi_url,
+        }
+    )
+
+
+@router.post("/embeddings", summary="Embed a list of texts (Embeddings Generator API)")
+async def generate(body: GenerateRequest, request: Request) -> Any:
+    started = time.perf_counter()
+    try:
+        result = await embed_texts(
+            request,
+            body.texts,
+            field="texts",
+            model=body.model_name,
+            normalize=body.normalize,
+            input_type=body.input_type,
+        )
+    except ModelNotFound as exc:
+        raise as_model_name_error(exc) from None
+    return OrjsonResponse(
+        {
+            "embeddings": result.vectors,
+            "model_name": body.model_name or result.model,
+            "dimensions": int(result.vectors.shape[1]),
+            "processing_time": time.perf_counter() - started,
+            "total_texts": len(body.texts),
+        }
+    )
+
+
+@router.get("/model/info", summary="The default model and every loaded model")
+async def model_info(request: Request) -> Any:
+    svc = service(request)
+    # default_model rather than get(): looking must not count as use for LRU eviction.
+    current = svc.default_model or svc.get(None)  # get(None) raises the right 404/503
+    return OrjsonResponse({**describe(current), "loaded_models": [describe(m) for m in svc.models]})
+
+
+@router.post("/model/load", summary="Load a model (no-op when it is already loaded)")
+async def load_model(
+    request: Request,
+    model_name: Annotated[str, Query(min_length=1, description="Model id, alias, local folder or Hub id.")],
+) -> Any:
+    """Loads through `get_or_load`, so `--no-load-on-demand` (a fixed set of models) holds here too."""
+    svc = service(request)
+    already = any(m.matches(model_name) for m in svc.models)
+    try:
+        model = await svc.pool.get_or_load(model_name)
+    except ModelNotFound as exc:
+        if not svc.settings.load_on_demand:
+            exc = ModelNotFound(f"{exc.message}; loading models is turned off (--no-load-on-demand)")
+        raise as_model_name_error(exc) from None
+    return OrjsonResponse({"status": "already_loaded" if already else "loaded", **describe(model)})
+
+
+@router.post("/model/unload", summary="Unload a model (the default model when none is named)")
+async def unload_model(
+    request: Request,
+    model_name: Annotated[str | None, Query(min_length=1, description="Loaded model id or alias.")] = None,
+) -> Any:
+    svc = service(request)
+    try:
+        model = await svc.unload(model_name)
+    except ModelNotFound as exc:
+        raise as_model_name_error(exc) from None
+    return OrjsonResponse(
+        {"status": "unloaded", "model_name": model.id, "loaded_models": [m.id for m in svc.models]}
+    )
