@@ -51,6 +51,19 @@ def physical_cores() -> int:
     return max(1, available)
 
 
+# Position ids of these architectures start after the padding index, so the first
+# padding_idx + 1 positions can never hold a token (RoBERTa, XLM-R: 514 positions, 512 tokens).
+_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer",
+                           "data2vec-text", "ibert", "markuplm"}
+
+
+def usable_positions(config) -> int:
+    positions = getattr(config, "max_position_embeddings", None) or 512
+    if getattr(config, "model_type", None) in _OFFSET_POSITION_MODELS:
+        positions -= (getattr(config, "pad_token_id", None) or 1) + 1
+    return positions
+
+
 def _pooling_name(module: torch.nn.Module) -> str:
     mode = getattr(module, "pooling_mode", None)
     if isinstance(mode, str):
@@ -81,8 +94,8 @@ class TorchBackend(Backend):
 
         hf_tok = st.tokenizer
         config = getattr(self.transformer_model, "config", None)
-        self._position_limit = getattr(config, "max_position_embeddings", None) or 512
-        limit = st.max_seq_length or self._position_limit
+        self._position_limit = usable_positions(config)
+        limit = min(st.max_seq_length or self._position_limit, self._position_limit)
         self._tokenizer = HFTokenizer(hf_tok, int(limit))
         self.model_input_names = list(getattr(hf_tok, "model_input_names", ["input_ids", "attention_mask"]))
         self.pad_id = self._tokenizer.pad_id

@@ -60,6 +60,7 @@ class ModelPool:
         self._observer = observer or EngineObserver()
         self._models: dict[str, LoadedModel] = {}
         self._loads: dict[str, asyncio.Task] = {}
+        self._id_locks: dict[str, asyncio.Lock] = {}
         self._starting: set[str] = set()
 
     @property
@@ -113,8 +114,14 @@ class ModelPool:
 
     async def _load(self, name: str) -> LoadedModel:
         resolved: ResolvedModel = await asyncio.to_thread(self._resolver.resolve, name)
-        if resolved.id in self._models:
-            return self._models[resolved.id]
+        # Two names (aliases) can resolve to one model: serialise per resolved id, load once.
+        async with self._id_locks.setdefault(resolved.id, asyncio.Lock()):
+            if (model := self._models.get(resolved.id)) is not None:
+                model.aliases = model.aliases | {name}
+                return model
+            return await self._build(name, resolved)
+
+    async def _build(self, name: str, resolved: ResolvedModel) -> LoadedModel:
         started = time.perf_counter()
         backend = await asyncio.to_thread(self._factory, resolved.path)
         info = backend.info

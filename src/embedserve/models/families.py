@@ -30,6 +30,12 @@ BGE_M3 = Family("bge-m3", max_seq_length=8192)
 BGE_EN_V15 = Family(
     "bge-en-v1.5", query="Represent this sentence for searching relevant passages: ", max_seq_length=512
 )
+# Instruction-tuned E5: queries carry a task instruction, documents nothing (model cards).
+E5_INSTRUCT = Family(
+    "e5-instruct",
+    query="Instruct: Given a web search query, retrieve relevant passages that answer the query\nQuery: ",
+    max_seq_length=512,
+)
 NOMIC = Family("nomic-embed", query="search_query: ", document="search_document: ", max_seq_length=8192)
 
 # Matched against the model id and the folder name, lower-cased. Order matters: most specific first.
@@ -37,7 +43,8 @@ _NAME_RULES: tuple[tuple[re.Pattern, Family], ...] = (
     (re.compile(r"bge-m3"), BGE_M3),
     (re.compile(r"bge-(small|base|large)-en-v1\.5"), BGE_EN_V15),
     (re.compile(r"nomic-embed"), NOMIC),
-    (re.compile(r"(^|[/_-])(multilingual-)?e5(-|$)"), E5),
+    (re.compile(r"(^|[_-])e5-.*instruct"), E5_INSTRUCT),
+    (re.compile(r"(^|[_-])(multilingual-)?e5(-|$)"), E5),
 )
 _ARCHITECTURE_RULES: dict[str, Family] = {"NomicBertModel": NOMIC}
 
@@ -62,15 +69,20 @@ class PromptProfile:
 
 
 def detect_family(model_id: str, path: Path | None = None) -> Family:
-    names = [model_id.lower()]
+    """By the model's own name (last part of its id, or its folder), then by architecture.
+
+    Only the last path component counts: a family name in a parent folder
+    (/srv/e5-models/all-MiniLM-L6-v2) says nothing about the model in it.
+    """
+    names = [model_id.rstrip("/").split("/")[-1].lower()]
     if path is not None:
         names.append(path.name.lower())
     for pattern, family in _NAME_RULES:
         if any(pattern.search(name) for name in names):
             return family
-    architectures = _read_json(path / "config.json").get("architectures", []) if path else []
-    for arch in architectures:
-        if arch in _ARCHITECTURE_RULES:
+    architectures = _read_json(path / "config.json").get("architectures") if path else None
+    for arch in architectures if isinstance(architectures, list) else []:
+        if isinstance(arch, str) and arch in _ARCHITECTURE_RULES:
             return _ARCHITECTURE_RULES[arch]
     return GENERIC
 
@@ -100,6 +112,7 @@ def declared_max_seq_length(path: Path | None) -> int | None:
 
 def _read_json(file: Path) -> dict:
     try:
-        return json.loads(file.read_text())
+        value = json.loads(file.read_text())
     except (OSError, ValueError):
         return {}
+    return value if isinstance(value, dict) else {}

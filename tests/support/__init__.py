@@ -1,0 +1,1 @@
+"""Helpers shared by tests (not fixtures): tiny real models built on disk."""
