@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from embedserve.backends.base import ModelInfo
 from embedserve.engine.worker import EngineObserver
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -39,7 +40,33 @@ class Metrics(EngineObserver):
             "embedserve_queue_depth", "Requests queued or in flight per model.", ["model"], registry=r
         )
 
+        self.model_info = Gauge(
+            "embedserve_model_info", "Loaded models (value 1) and how they run.",
+            ["model", "backend", "dtype", "device"], registry=r,
+        )
+        self.fidelity = Gauge(
+            "embedserve_model_fidelity_cosine",
+            "Cosine of the serving mode's vectors to the fp32 reference on the calibration set.",
+            ["model", "stat"], registry=r,
+        )
+        self.memory = Gauge(
+            "embedserve_model_resident_bytes", "Resident memory the model added when it loaded.", ["model"], registry=r
+        )
+
     # EngineObserver hooks
+    def model_loaded(self, model: str, info: ModelInfo, memory_bytes: int | None) -> None:
+        self.model_info.labels(model, info.backend, info.dtype, info.device).set(1)
+        if info.fidelity is not None:
+            self.fidelity.labels(model, "mean").set(info.fidelity.mean_cosine)
+            self.fidelity.labels(model, "min").set(info.fidelity.min_cosine)
+        if memory_bytes is not None:
+            self.memory.labels(model).set(memory_bytes)
+
+    def model_unloaded(self, model: str) -> None:
+        for gauge in (self.fidelity, self.memory, self.model_info):
+            for labels in [k for k in gauge._metrics if k[0] == model]:  # noqa: SLF001 - prometheus has no public lookup
+                gauge.remove(*labels)
+
     def batch_done(self, model: str, size: int, tokens: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(size)
         self.batch_seconds.labels(model).observe(seconds)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     load_seconds: float = 0.0
+    memory_bytes: int | None = None  # growth of the process's resident memory while loading
 
     @property
     def info(self) -> ModelInfo:
@@ -123,7 +125,9 @@ class ModelPool:
 
     async def _build(self, name: str, resolved: ResolvedModel) -> LoadedModel:
         started = time.perf_counter()
+        rss_before = resident_bytes()
         backend = await asyncio.to_thread(self._factory, resolved.path)
+        rss_after = resident_bytes()
         info = backend.info
         prompts = profile_for(resolved.id, resolved.path, dict(info.prompts), info.default_prompt_name)
         if prompts.max_seq_length and declared_max_seq_length(resolved.path) is None:
@@ -141,8 +145,10 @@ class ModelPool:
         model = LoadedModel(
             resolved.id, resolved.aliases | {name}, resolved.source, resolved.path, worker, prompts,
             load_seconds=round(seconds, 3),
+            memory_bytes=max(0, rss_after - rss_before) if rss_before is not None and rss_after is not None else None,
         )
         self._models[resolved.id] = model
+        self._observer.model_loaded(model.id, backend.info, model.memory_bytes)
         log.info("model ready", extra={"model": resolved.id, "source": resolved.source, "seconds": round(seconds, 2)})
         await self._evict(keep=model)
         return model
@@ -150,6 +156,7 @@ class ModelPool:
     async def unload(self, name: str | None) -> LoadedModel:
         model = self.get(name)
         self._models.pop(model.id, None)
+        self._observer.model_unloaded(model.id)
         await model.worker.close(self.settings.graceful_timeout)
         log.info("model unloaded", extra={"model": model.id})
         return model
@@ -167,3 +174,12 @@ class ModelPool:
         models, self._models = list(self._models.values()), {}
         await asyncio.gather(*(m.worker.close(self.settings.graceful_timeout) for m in models))
 
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux /proc), or None where that can't be read."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

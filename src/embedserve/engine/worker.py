@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedserve.backends.base import Backend, Batch, TokenIds
+from embedserve.backends.base import Backend, Batch, ModelInfo, TokenIds
 from embedserve.engine.batcher import plan_batches
 from embedserve.errors import BackendFailure, NotReady, Overloaded
 
@@ -38,6 +38,10 @@ class EngineObserver:
     def queue_depth(self, model: str, depth: int) -> None: ...
 
     def tokens(self, model: str, count: int) -> None: ...
+
+    def model_loaded(self, model: str, info: ModelInfo, memory_bytes: int | None) -> None: ...
+
+    def model_unloaded(self, model: str) -> None: ...
 
 
 @dataclass(eq=False)

@@ -19,7 +19,7 @@ DIM = 8
 URL = "/embeddings"
 INFO_KEYS = {
     "model_name", "aliases", "source", "dimensions", "max_seq_length", "device", "backend", "pooling",
-    "normalize", "family", "prefixes", "load_seconds", "loaded_at",
+    "normalize", "family", "prefixes", "load_seconds", "loaded_at", "dtype", "fidelity", "resident_memory_bytes",
 }  # fmt: skip
 
 
