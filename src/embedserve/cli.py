@@ -51,7 +51,15 @@ def build_settings(**overrides) -> Settings:
     return Settings(**given)
 
 
+def load_env_file(path: Path = Path(".env")) -> bool:
+    """Variables from a .env file (HF_TOKEN for gated models, EMBEDSERVE_*), never overriding the environment."""
+    from dotenv import load_dotenv
+
+    return path.is_file() and load_dotenv(path, override=False)
+
+
 def _serve(**flags) -> None:
+    load_env_file()
     try:
         settings = build_settings(**flags)
     except ValidationError as exc:
