@@ -65,5 +65,7 @@ def _build(backend: str, dtype: str, device: str, settings: Settings, path: Path
     if backend == "onnx":
         from embedserve.backends.onnx_backend import OnnxBackend
 
-        return OnnxBackend(path, threads=settings.threads, dtype=dtype, cache_dir=settings.cache_dir)
+        return OnnxBackend(
+            path, threads=settings.threads, dtype=dtype, cache_dir=settings.cache_dir, min_fidelity=settings.min_fidelity
+        )
     return TorchBackend(path, device=device, threads=settings.threads, dtype=dtype)

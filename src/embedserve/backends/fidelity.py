@@ -39,9 +39,3 @@ def compare(mode: str, reference: str, fast: np.ndarray, ref: np.ndarray) -> Fid
     cos = (fast * ref).sum(axis=1)
     return Fidelity(mode, reference, float(cos.mean()), float(cos.min()), len(cos))
 
-
-def measure(mode: str, tokenize: Callable[[list[str]], list[TokenIds]], reference: Callable[[Batch], np.ndarray],
-            fast: Callable[[Batch], np.ndarray], pad_id: int) -> Fidelity:
-    """Embed the calibration set with `reference` and `fast`, and compare."""
-    sequences = tokenize(calibration_texts())
-    return compare(mode, "torch fp32", embed_all(sequences, fast, pad_id), embed_all(sequences, reference, pad_id))

@@ -8,6 +8,7 @@ fidelity guard, then its weights are released: one copy of the weights per model
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,7 +20,13 @@ import torch
 
 from embedserve.backends import fidelity
 from embedserve.backends.base import Backend, Batch, TokenIds
-from embedserve.backends.onnx_export import GraphCache, cache_key, export_encoder, optimize_graph, quantize_int8
+from embedserve.backends.onnx_export import (
+    GraphCache,
+    cache_key,
+    export_encoder,
+    optimize_graph,
+    quantize_within_fidelity,
+)
 from embedserve.backends.torch_backend import TorchBackend, physical_cores
 
 log = logging.getLogger(__name__)
@@ -28,7 +35,9 @@ _GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class OnnxBackend(Backend):
-    def __init__(self, path: str | Path, *, threads: int = 0, dtype: str = "fp32", cache_dir: Path):
+    def __init__(
+        self, path: str | Path, *, threads: int = 0, dtype: str = "fp32", cache_dir: Path, min_fidelity: float = 0.99
+    ):
         if dtype not in ("fp32", "int8"):
             raise ValueError(f"the ONNX backend runs fp32 or int8 on CPU, not {dtype}")
         path = Path(path)
@@ -36,17 +45,18 @@ class OnnxBackend(Backend):
         self.pad_id = self._torch.pad_id
         self._inputs = [name for name in _GRAPH_INPUTS if name in self._torch.model_input_names]
         self._threads = threads or physical_cores()
-        key = cache_key(path, {"dtype": dtype, "inputs": self._inputs})
+        self._min_fidelity = min_fidelity
+        self.fp32_layers: list[str] = []
+        key_settings = {"dtype": dtype, "inputs": self._inputs}
+        if dtype == "int8":
+            key_settings["min_fidelity"] = min_fidelity  # it decides which layers stay fp32
+        key = cache_key(path, key_settings)
         self.cache = GraphCache(cache_dir)
+        self._calibration = self.tokenize(fidelity.calibration_texts(), truncate=True)
+        self._reference = self._embed_calibration(self._torch.embed)
         self.cache_hit = self._open(key, dtype)
         self.info = replace(self._torch.info, backend="onnx", dtype=dtype)
-        result = fidelity.measure(
-            f"onnx {dtype}",
-            lambda texts: self.tokenize(texts, truncate=True),
-            self._torch.embed,
-            self.embed,
-            self.pad_id,
-        )
+        result = fidelity.compare(f"onnx {dtype}", "torch fp32", self._embed_calibration(self.embed), self._reference)
         self.info = replace(self.info, fidelity=result)
         self._torch.release_encoder()
         log.info("onnx %s graph %s (%s): %s", dtype, "from cache" if self.cache_hit else "built", key, result)
@@ -58,7 +68,8 @@ class OnnxBackend(Backend):
             raw = folder / "raw.onnx"
             export_encoder(self._torch.transformer_model, self._inputs, raw)
             if dtype == "int8":
-                quantize_int8(raw, folder / "model.onnx")
+                kept = quantize_within_fidelity(raw, folder / "model.onnx", self._graph_fidelity, self._min_fidelity)
+                (folder / "fp32_layers.json").write_text(json.dumps(kept))
             else:
                 optimize_graph(raw, folder / "model.onnx")
             raw.unlink()
@@ -71,7 +82,18 @@ class OnnxBackend(Backend):
             self.cache.invalidate(key)
             folder, hit = self.cache.get_or_build(key, build)
             self._session = self._session_for(folder / "model.onnx")
+        layers = folder / "fp32_layers.json"
+        self.fp32_layers = json.loads(layers.read_text()) if layers.is_file() else []
         return hit
+
+    def _embed_calibration(self, embed) -> np.ndarray:
+        return fidelity.embed_all(self._calibration, embed, self.pad_id)
+
+    def _graph_fidelity(self, graph: Path) -> float:
+        """Mean cosine of a candidate graph's vectors to the fp32 reference."""
+        session = self._session_for(graph)
+        candidate = self._embed_calibration(lambda batch: self.pool(batch, self._run(session, batch)))
+        return fidelity.compare("candidate", "torch fp32", candidate, self._reference).mean_cosine
 
     def _session_for(self, graph: Path) -> ort.InferenceSession:
         options = ort.SessionOptions()
@@ -92,10 +114,13 @@ class OnnxBackend(Backend):
         super().limit_sequence_length(self._torch.info.max_seq_length)
 
     def forward(self, batch: Batch) -> np.ndarray:
+        return self._run(self._session, batch)
+
+    def _run(self, session: ort.InferenceSession, batch: Batch) -> np.ndarray:
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(batch.input_ids)
-        return self._session.run(None, feeds)[0]
+        return session.run(None, feeds)[0]
 
     def pool(self, batch: Batch, hidden: np.ndarray) -> np.ndarray:
         features = {

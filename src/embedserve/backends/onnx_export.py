@@ -133,7 +133,7 @@ def quantize_int8(src: Path, dst: Path, exclude: Sequence[str] = ()) -> None:
 
     root = logging.getLogger()
     level = root.level
-    root.setLevel(max(level, logging.WARNING))  # the quantiser logs every tensor at INFO on the root logger
+    root.setLevel(max(level, logging.ERROR))  # the quantiser logs every tensor on the root logger
     try:
         quantize_dynamic(
             str(src),
@@ -147,8 +147,38 @@ def quantize_int8(src: Path, dst: Path, exclude: Sequence[str] = ()) -> None:
         root.setLevel(level)
 
 
-def matmul_nodes(path: Path) -> list[str]:
+def weight_matmuls(path: Path) -> list[str]:
+    """MatMul nodes with a constant weight: the ones dynamic quantisation can turn int8."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    return [node.name for node in graph.node if node.op_type == "MatMul"]
+    constants = {init.name for init in graph.initializer}
+    return [node.name for node in graph.node if node.op_type == "MatMul" and node.input[1] in constants]
+
+
+def quantize_within_fidelity(
+    raw: Path, out: Path, measure: Callable[[Path], float], target: float
+) -> list[str]:
+    """int8 for every weight MatMul, except those whose quantisation costs the fidelity target.
+
+    First everything is quantised; if the mean cosine to the reference stays at or above
+    `target`, that's the graph. Otherwise each layer's own cost is measured (only it
+    quantised) and the costliest are left in fp32, one by one, until the target holds.
+    Returns the names of the layers left in fp32.
+    """
+    quantize_int8(raw, out)
+    if measure(out) >= target:
+        return []
+    nodes = weight_matmuls(raw)
+    cost = {}
+    for node in nodes:
+        quantize_int8(raw, out, exclude=[other for other in nodes if other != node])
+        cost[node] = 1.0 - measure(out)
+    kept_fp32: list[str] = []
+    for node in sorted(nodes, key=lambda n: cost[n], reverse=True):
+        kept_fp32.append(node)
+        quantize_int8(raw, out, exclude=kept_fp32)
+        if measure(out) >= target:
+            break
+    log.info("int8: %d of %d layers kept in fp32 to reach mean cosine %.4f", len(kept_fp32), len(nodes), target)
+    return kept_fp32
