@@ -31,7 +31,7 @@ integration: install
 	$(BIN)/python -m pytest -q -ra tests/integration
 
 bench: install
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py --rounds 3 --modes "default=;int8=--dtype int8"
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

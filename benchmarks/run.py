@@ -118,12 +118,24 @@ def build_servers(args: argparse.Namespace, log_dir: Path) -> dict[str, Server]:
     python = VENV_BIN / "python" if (VENV_BIN / "python").exists() else Path(sys.executable)
     naive_cmd = [str(python), str(REPO_ROOT / "benchmarks" / "naive_server.py"),
                  "--host", HOST, "--port", str(args.naive_port)]
-    es_cmd = shlex.split(args.embedserve_cmd or shlex.join([str(VENV_BIN / "embedserve"), "serve"]))
-    es_cmd += ["--host", HOST, "--port", str(args.embedserve_port)] + shlex.split(args.embedserve_args)
-    return {
-        "naive": Server("naive", naive_cmd, args.naive_port, ["/health"], log_dir),
-        "embedserve": Server("embedserve", es_cmd, args.embedserve_port, ["/health", "/ready"], log_dir),
-    }
+    servers = {"naive": Server("naive", naive_cmd, args.naive_port, ["/health"], log_dir)}
+    for mode, mode_args in parse_modes(args.modes).items():
+        name = "embedserve" if mode == "default" else f"embedserve-{mode}"
+        es_cmd = shlex.split(args.embedserve_cmd or shlex.join([str(VENV_BIN / "embedserve"), "serve"]))
+        es_cmd += ["--host", HOST, "--port", str(args.embedserve_port)]
+        es_cmd += shlex.split(args.embedserve_args) + shlex.split(mode_args)
+        servers[name] = Server(name, es_cmd, args.embedserve_port, ["/health", "/ready"], log_dir)
+    return servers
+
+
+def parse_modes(spec: str) -> dict[str, str]:
+    """'default=;int8=--dtype int8' -> {"default": "", "int8": "--dtype int8"}: one embedserve per mode."""
+    modes = {}
+    for part in spec.split(";"):
+        if part.strip():
+            name, _, extra = part.partition("=")
+            modes[name.strip()] = extra.strip()
+    return modes
 
 
 def measure(server: Server, args: argparse.Namespace, sents: list[str]) -> dict[str, dict]:
@@ -166,24 +178,28 @@ def summarize(rounds: list[dict[str, dict[str, dict]]], servers: list[str]) -> d
                 "rounds": len(runs),
             }
     s = summary["servers"]
-    for wl in WORKLOADS:
-        naive, es = s.get("naive", {}).get(wl), s.get("embedserve", {}).get(wl)
-        if naive and es and naive["sentences_per_s"] > 0:
-            summary["ratio_embedserve_over_naive"][wl] = round(es["sentences_per_s"] / naive["sentences_per_s"], 2)
+    for srv in servers:
+        if srv == "naive":
+            continue
+        for wl in WORKLOADS:
+            naive, es = s.get("naive", {}).get(wl), s.get(srv, {}).get(wl)
+            if naive and es and naive["sentences_per_s"] > 0:
+                key = wl if srv == "embedserve" else f"{srv}/{wl}"
+                summary["ratio_embedserve_over_naive"][key] = round(es["sentences_per_s"] / naive["sentences_per_s"], 2)
     return summary
 
 
 def print_table(summary: dict) -> None:
-    fmt = "{:<11} {:<8} {:>12} {:>10} {:>10} {:>7}"
+    fmt = "{:<16} {:<8} {:>12} {:>10} {:>10} {:>7}"
     print("\n" + fmt.format("server", "workload", "sentences/s", "p50 ms", "p99 ms", "errors"))
-    print("-" * 63)
+    print("-" * 68)
     for srv, wls in summary["servers"].items():
         for wl, r in wls.items():
             flag = " (timed out)" if r["timed_out"] else ""
             print(fmt.format(srv, wl, f"{r['sentences_per_s']:.1f}", _fmt(r["p50_ms"]),
                              _fmt(r["p99_ms"]), r["errors"]) + flag)
     for wl, ratio in summary["ratio_embedserve_over_naive"].items():
-        print(f"ratio embedserve/naive, {wl}: {ratio:.2f}x sentences/s")
+        print(f"ratio over naive, {wl}: {ratio:.2f}x sentences/s")
 
 
 def _fmt(x: float | None) -> str:
@@ -193,6 +209,8 @@ def _fmt(x: float | None) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description="Benchmark embedserve against a naive baseline, one at a time.")
     p.add_argument("--servers", default="naive,embedserve", help="comma-separated: naive, embedserve")
+    p.add_argument("--modes", default="default=",
+                   help='embedserve modes, "name=extra args" separated by ";", e.g. "default=;int8=--dtype int8"')
     p.add_argument("--rounds", type=int, default=1, help="alternate the servers this many times")
     p.add_argument("--bulk-total", type=int, default=2048, help="sentences in the bulk workload")
     p.add_argument("--single-total", type=int, default=1024, help="sentences in the single workload")
@@ -210,13 +228,14 @@ def main() -> int:
     p.add_argument("--out", default=str(REPO_ROOT / "bench-results" / "latest.json"))
     args = p.parse_args()
 
-    names = [n.strip() for n in args.servers.split(",") if n.strip()]
-    if not names or any(n not in ("naive", "embedserve") for n in names):
+    wanted = [n.strip() for n in args.servers.split(",") if n.strip()]
+    if not wanted or any(n not in ("naive", "embedserve") for n in wanted):
         p.error("--servers takes a comma-separated subset of: naive, embedserve")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     (out.parent / "logs").mkdir(exist_ok=True)
     servers = build_servers(args, out.parent / "logs")
+    names = [n for n in servers if n.split("-")[0] in wanted]
     sents = sentences_mod.load_sentences(args.sentences)
     print(f"{len(sents)} sentences; servers {names}; {args.rounds} round(s); {os.cpu_count()} CPUs", flush=True)
 

@@ -66,7 +66,12 @@ class Settings(BaseSettings):
     truncate: bool = Field(
         True, description="Truncate inputs longer than the model's maximum (else 422)."
     )
-    threads: int = Field(0, ge=0, description="Intra-op threads for inference; 0 = physical cores.")
+    threads: int = Field(
+        0, ge=0, description="Intra-op threads per inference worker; 0 = physical cores / model workers."
+    )
+    model_workers: int = Field(
+        1, ge=1, le=64, description="Inference workers (threads running batches) per model."
+    )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(("*",), description="Allowed CORS origins.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from embedserve.backends.base import Backend
-from embedserve.backends.torch_backend import TorchBackend, pick_device
+from embedserve.backends.torch_backend import TorchBackend, physical_cores, pick_device
 from embedserve.errors import FidelityTooLow, ModelLoadError
 from embedserve.settings import Settings
 
@@ -35,6 +35,11 @@ def choose_mode(backend: str, dtype: str, device: str) -> tuple[str, str]:
     return backend, dtype
 
 
+def intra_op_threads(settings: Settings) -> int:
+    """Cores shared out between the model's inference workers."""
+    return settings.threads or max(1, physical_cores() // settings.model_workers)
+
+
 def build_backend(settings: Settings, path: Path) -> Backend:
     device = pick_device(settings.device)
     backend_name, dtype = choose_mode(settings.backend, settings.dtype, device)
@@ -47,7 +52,7 @@ def build_backend(settings: Settings, path: Path) -> Backend:
         if not automatic or backend_name == "torch":
             raise ModelLoadError(f"could not run {path} on {backend_name} {dtype}: {exc}") from exc
         log.warning("%s %s failed for %s (%s); falling back to torch fp32", backend_name, dtype, path, exc)
-        return TorchBackend(path, device=device, threads=settings.threads)
+        return TorchBackend(path, device=device, threads=intra_op_threads(settings))
     fidelity = backend.info.fidelity
     if fidelity is not None and fidelity.mean_cosine < settings.min_fidelity:
         message = (
@@ -57,7 +62,7 @@ def build_backend(settings: Settings, path: Path) -> Backend:
         if not automatic:
             raise FidelityTooLow(f"refusing {path}: {message}")
         log.warning("%s; falling back to torch fp32", message)
-        return TorchBackend(path, device=device, threads=settings.threads)
+        return TorchBackend(path, device=device, threads=intra_op_threads(settings))
     return backend
 
 
@@ -66,6 +71,10 @@ def _build(backend: str, dtype: str, device: str, settings: Settings, path: Path
         from embedserve.backends.onnx_backend import OnnxBackend
 
         return OnnxBackend(
-            path, threads=settings.threads, dtype=dtype, cache_dir=settings.cache_dir, min_fidelity=settings.min_fidelity
+            path,
+            threads=intra_op_threads(settings),
+            dtype=dtype,
+            cache_dir=settings.cache_dir,
+            min_fidelity=settings.min_fidelity,
         )
-    return TorchBackend(path, device=device, threads=settings.threads, dtype=dtype)
+    return TorchBackend(path, device=device, threads=intra_op_threads(settings), dtype=dtype)

@@ -139,6 +139,7 @@ class ModelPool:
             max_batch_size=self.settings.max_batch_size,
             max_queue=self.settings.max_queue,
             observer=self._observer,
+            threads=self.settings.model_workers,
         )
         worker.start()
         seconds = time.perf_counter() - started

@@ -73,6 +73,7 @@ class ModelWorker:
         max_batch_size: int,
         max_queue: int,
         observer: EngineObserver | None = None,
+        threads: int = 1,
     ):
         self.name = name
         self.backend = backend
@@ -81,12 +82,16 @@ class ModelWorker:
         self.max_queue = max_queue
         self.observer = observer or EngineObserver()
         self._pool: list[_Item] = []
+        self._plan: list[list[_Item]] = []  # planned batches not yet started
         self._wake = asyncio.Event()
         self._admitted = 0
         self._task: asyncio.Task | None = None
         self._closing = False
-        # One inference thread per model: torch/onnx already use every core inside one call.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        # Inference threads per model (--model-workers). One is usually right: torch and ONNX
+        # Runtime already spread one batch over every core.
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"infer-{name}")
+        self._slots = asyncio.Semaphore(threads)
+        self._running: set[asyncio.Task] = set()
 
     @property
     def depth(self) -> int:
@@ -127,31 +132,46 @@ class ModelWorker:
         return await request.future
 
     async def _loop(self) -> None:
-        plan: list[list[_Item]] = []
+        plan = self._plan
         while True:
             if not self._pool and not plan:
                 await self._wake.wait()
             self._wake.clear()
+            # Wait for a free inference thread first: whatever arrives meanwhile joins the plan.
+            await self._slots.acquire()
             if self._pool:
                 # New arrivals: re-plan everything still waiting, so they can share batches
                 # (and padding lengths) with what was already queued.
                 waiting = [item for batch in plan for item in batch] + self._pool
                 self._pool = []
-                plan = plan_batches(
+                plan[:] = plan_batches(
                     [i for i in waiting if not i.request.future.done()],
                     max_tokens=self.max_batch_tokens,
                     max_size=self.max_batch_size,
                 )
             if not plan:
+                self._slots.release()
                 continue
             # Oldest request first, so a steady stream of short inputs can't starve a long one.
             oldest = min(range(len(plan)), key=lambda k: min(i.request.enqueued for i in plan[k]))
             batch = plan.pop(oldest)
-            try:
-                await self._run_batch(batch)
-            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
-                log.exception("batch failed for model %s", self.name)
-                self._fail(batch, BackendFailure(f"inference failed: {exc}"))
+            task = asyncio.get_running_loop().create_task(self._guarded(batch))
+            self._running.add(task)
+            task.add_done_callback(self._batch_finished)
+
+    def _batch_finished(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._slots.release()
+
+    async def _guarded(self, batch: list[_Item]) -> None:
+        try:
+            await self._run_batch(batch)
+        except asyncio.CancelledError:
+            self._fail(batch, NotReady(f"model '{self.name}' was unloaded"))
+            raise
+        except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+            log.exception("batch failed for model %s", self.name)
+            self._fail(batch, BackendFailure(f"inference failed: {exc}"))
 
     async def _run_batch(self, batch: list[_Item]) -> None:
         batch = [item for item in batch if not item.request.future.done()]
@@ -203,6 +223,9 @@ class ModelWorker:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        self._fail(self._pool, NotReady(f"model '{self.name}' was unloaded"))
-        self._pool = []
+        unloaded = NotReady(f"model '{self.name}' was unloaded")
+        for task in list(self._running):
+            task.cancel()
+        self._fail(self._pool + [item for batch in self._plan for item in batch], unloaded)
+        self._pool, self._plan[:] = [], []
         self._executor.shutdown(wait=False, cancel_futures=True)

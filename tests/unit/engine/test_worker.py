@@ -130,3 +130,66 @@ async def test_close_finishes_in_flight_requests():
     await asyncio.sleep(0.01)
     await worker.close(timeout=5)
     assert (await pending).shape == (1, 8)
+
+
+async def test_two_inference_workers_run_two_batches_at_once():
+    import threading
+
+    active, peak = 0, 0
+    lock = threading.Lock()
+
+    class Tracking(FakeBackend):
+        def forward(self, batch):
+            nonlocal active, peak
+            with lock:
+                active += 1
+                peak = max(peak, active)
+            try:
+                return super().forward(batch)
+            finally:
+                with lock:
+                    active -= 1
+
+    backend = Tracking(delay=0.05)
+    worker = make_worker(backend, max_batch_size=1, threads=2)
+    seqs = [[1, 10 + i, 2] for i in range(8)]
+    results = await asyncio.gather(*(call(worker, [s]) for s in seqs))
+    assert peak == 2  # never more than the configured workers, and both used
+    for seq, result in zip(seqs, results, strict=True):
+        np.testing.assert_array_equal(result[0], backend.vector_for(seq))
+    await worker.close()
+
+
+async def test_one_worker_never_overlaps_batches():
+    import threading
+
+    active, peak = 0, 0
+    lock = threading.Lock()
+
+    class Tracking(FakeBackend):
+        def forward(self, batch):
+            nonlocal active, peak
+            with lock:
+                active += 1
+                peak = max(peak, active)
+            try:
+                return super().forward(batch)
+            finally:
+                with lock:
+                    active -= 1
+
+    worker = make_worker(Tracking(delay=0.02), max_batch_size=1)
+    await asyncio.gather(*(call(worker, [[1, 10 + i, 2]]) for i in range(6)))
+    assert peak == 1
+    await worker.close()
+
+
+async def test_unloading_mid_batch_fails_waiting_requests_instead_of_hanging():
+    backend = FakeBackend(delay=0.3)
+    worker = make_worker(backend, max_batch_size=1)
+    calls = [asyncio.create_task(call(worker, [[1, 10 + i, 2]])) for i in range(3)]
+    await asyncio.sleep(0.05)
+    await worker.close(timeout=0.01)
+    results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=5)
+    assert all(isinstance(r, (np.ndarray, Exception)) for r in results)
+    assert any(isinstance(r, Exception) for r in results)
