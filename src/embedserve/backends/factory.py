@@ -24,6 +24,8 @@ def choose_mode(backend: str, dtype: str, device: str) -> tuple[str, str]:
     on_gpu = device.startswith("cuda")
     if dtype == "auto":
         dtype = "fp16" if on_gpu else "fp32"
+    if dtype == "int8" and on_gpu:
+        raise ModelLoadError("int8 runs on the CPU (ONNX Runtime); add --device cpu, or use fp16/bf16 on CUDA")
     if backend == "auto":
         backend = "onnx" if not on_gpu and dtype in ("fp32", "int8") else "torch"
     if backend == "onnx" and on_gpu:
@@ -56,7 +58,7 @@ def build_backend(settings: Settings, path: Path) -> Backend:
     fidelity = backend.info.fidelity
     if fidelity is not None and fidelity.mean_cosine < settings.min_fidelity:
         message = (
-            f"{fidelity.mode} keeps a mean cosine of {fidelity.mean_cosine:.4f} (min {fidelity.min_cosine:.4f}) "
+            f"{fidelity.mode} keeps a mean cosine of {fidelity.mean_cosine:.6f} (min {fidelity.min_cosine:.6f}) "
             f"to {fidelity.reference} on the calibration set, below --min-fidelity {settings.min_fidelity}"
         )
         if not automatic:

@@ -31,9 +31,10 @@ _FINGERPRINT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model")
 def model_fingerprint(path: Path) -> dict:
     files = {}
     for file in sorted(path.rglob("*")):
-        if file.is_file() and file.suffix in _FINGERPRINT_SUFFIXES and ".cache" not in file.parts:
+        relative = file.relative_to(path)
+        if file.is_file() and file.suffix in _FINGERPRINT_SUFFIXES and ".cache" not in relative.parts:
             stat = file.stat()
-            files[str(file.relative_to(path))] = [stat.st_size, stat.st_mtime_ns]
+            files[str(relative)] = [stat.st_size, stat.st_mtime_ns]
     # A Hub snapshot folder is named by its commit: the revision pins the weights.
     revision = path.name if path.parent.name == "snapshots" else None
     return {"path": str(path.resolve()), "revision": revision, "files": files}
@@ -70,6 +71,8 @@ class GraphCache:
         try:
             build(scratch)
             (scratch / "meta.json").write_text(json.dumps({"key": key}))
+            if folder.exists() and not (folder / "meta.json").is_file():
+                shutil.rmtree(folder, ignore_errors=True)  # a leftover of an interrupted build
             try:
                 os.replace(scratch, folder)
             except OSError:  # another process built it first: keep theirs
