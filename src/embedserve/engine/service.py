@@ -93,11 +93,11 @@ class EmbeddingService:
                 param="dimensions",
             )
         prefix = model.prompts.prefix(input_type)
-        with model.worker.admit():
+        with model.worker.admit() as admission:
             sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix)
             tokens = sum(len(s) for s in sequences)
             self._observer.tokens(model.id, tokens)
-            vectors = await model.worker.embed(sequences)
+            vectors = await model.worker.embed(sequences, admission)
         if dimensions is not None and dimensions < info.dimension:
             vectors = np.ascontiguousarray(vectors[:, :dimensions])
             normalize = True

@@ -27,6 +27,8 @@ from embedserve.errors import BackendFailure, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
+GATHER_WAIT = 0.002  # seconds a free worker waits for requests that are still tokenizing
+
 
 class EngineObserver:
     """Hooks for metrics; the default does nothing."""
@@ -51,6 +53,13 @@ class _Request:
     remaining: int
     enqueued: float = field(default_factory=time.perf_counter)
     started: bool = False
+
+
+@dataclass(eq=False)
+class Admission:
+    """One admitted request; `submitted` once its inputs reached the pool."""
+
+    submitted: bool = False
 
 
 @dataclass(eq=False)
@@ -85,6 +94,7 @@ class ModelWorker:
         self._plan: list[list[_Item]] = []  # planned batches not yet started
         self._wake = asyncio.Event()
         self._admitted = 0
+        self._arriving = 0  # admitted, inputs not yet in the pool
         self._task: asyncio.Task | None = None
         self._closing = False
         # Inference threads per model (--model-workers). One is usually right: torch and ONNX
@@ -103,8 +113,12 @@ class ModelWorker:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Reserve a queue slot for one request, or refuse at once (no model work done)."""
+    def admit(self) -> Iterator[Admission]:
+        """Reserve a queue slot for one request, or refuse at once (no model work done).
+
+        Until the request's inputs reach the pool (it is still tokenizing), the batcher may
+        hold a free inference thread for up to GATHER_WAIT so they join the next batch.
+        """
         if self._closing:
             raise NotReady(f"model '{self.name}' is shutting down")
         if self._admitted >= self.max_queue:
@@ -112,15 +126,22 @@ class ModelWorker:
                 f"model '{self.name}' has {self._admitted} requests waiting (max {self.max_queue}); retry later"
             )
         self._admitted += 1
+        self._arriving += 1
         self.observer.queue_depth(self.name, self._admitted)
+        admission = Admission()
         try:
-            yield
+            yield admission
         finally:
+            if not admission.submitted:
+                self._arriving -= 1
             self._admitted -= 1
             self.observer.queue_depth(self.name, self._admitted)
 
-    async def embed(self, sequences: Sequence[TokenIds]) -> np.ndarray:
+    async def embed(self, sequences: Sequence[TokenIds], admission: Admission | None = None) -> np.ndarray:
         """Pooled (unnormalised) vectors for `sequences`, in order. Call inside `admit()`."""
+        if admission is not None and not admission.submitted:
+            admission.submitted = True
+            self._arriving -= 1
         loop = asyncio.get_running_loop()
         request = _Request(
             vectors=np.empty((len(sequences), self.backend.info.dimension), dtype=np.float32),
@@ -139,6 +160,7 @@ class ModelWorker:
             self._wake.clear()
             # Wait for a free inference thread first: whatever arrives meanwhile joins the plan.
             await self._slots.acquire()
+            await self._gather_arrivals()
             if self._pool:
                 # New arrivals: re-plan everything still waiting, so they can share batches
                 # (and padding lengths) with what was already queued.
@@ -158,6 +180,24 @@ class ModelWorker:
             task = asyncio.get_running_loop().create_task(self._guarded(batch))
             self._running.add(task)
             task.add_done_callback(self._batch_finished)
+
+    async def _gather_arrivals(self) -> None:
+        """Give admitted requests that are still tokenizing a moment to join this batch.
+
+        Only waits when such requests exist, so an idle server answers a lone request at
+        once; under concurrent single-input load it turns many batches of 1-2 into fewer,
+        fuller ones (the per-batch cost dominates tiny batches).
+        """
+        deadline = time.perf_counter() + GATHER_WAIT
+        while self._arriving > 0:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
 
     def _batch_finished(self, task: asyncio.Task) -> None:
         self._running.discard(task)

@@ -193,3 +193,29 @@ async def test_unloading_mid_batch_fails_waiting_requests_instead_of_hanging():
     results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=5)
     assert all(isinstance(r, (np.ndarray, Exception)) for r in results)
     assert any(isinstance(r, Exception) for r in results)
+
+
+async def test_a_free_worker_waits_briefly_for_requests_still_tokenizing():
+    backend = FakeBackend()
+    worker = make_worker(backend)
+
+    async def caller(ids, tokenize_for):
+        with worker.admit() as admission:
+            await asyncio.sleep(tokenize_for)  # stands in for tokenizing in a thread
+            return await worker.embed([ids], admission)
+
+    results = await asyncio.gather(caller([1, 5, 2], 0), caller([1, 6, 2], 0.0005))
+    assert backend.batch_sizes == [2]  # the second joined the first's batch
+    np.testing.assert_array_equal(results[1][0], backend.vector_for([1, 6, 2]))
+    await worker.close()
+
+
+async def test_a_request_that_never_submits_does_not_hold_the_worker():
+    backend = FakeBackend()
+    worker = make_worker(backend)
+    with worker.admit():
+        pass  # e.g. its input failed validation before reaching the pool
+    assert worker._arriving == 0  # noqa: SLF001
+    result = await asyncio.wait_for(call(worker, [[1, 5, 2]]), timeout=1)
+    assert backend.batch_sizes == [1] and result.shape == (1, 8)
+    await worker.close()
