@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         0.99, ge=0, le=1,
         description="Least mean cosine to the fp32 reference on the calibration set for a reduced-precision mode.",
     )
+    int8_target: float = Field(
+        0.996, ge=0, le=1,
+        description="int8 keeps the layers whose quantisation costs the most in fp32 until the calibration mean "
+        "cosine reaches this (never below --min-fidelity).",
+    )
     cache_dir: Path = Field(
         Path("~/.cache/embedserve").expanduser(), description="Where exported/optimised ONNX graphs are cached."
     )

@@ -77,6 +77,6 @@ def _build(backend: str, dtype: str, device: str, settings: Settings, path: Path
             threads=intra_op_threads(settings),
             dtype=dtype,
             cache_dir=settings.cache_dir,
-            min_fidelity=settings.min_fidelity,
+            quantization_target=max(settings.min_fidelity, settings.int8_target),
         )
     return TorchBackend(path, device=device, threads=intra_op_threads(settings), dtype=dtype)

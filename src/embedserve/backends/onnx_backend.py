@@ -36,7 +36,8 @@ _GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 class OnnxBackend(Backend):
     def __init__(
-        self, path: str | Path, *, threads: int = 0, dtype: str = "fp32", cache_dir: Path, min_fidelity: float = 0.99
+        self, path: str | Path, *, threads: int = 0, dtype: str = "fp32", cache_dir: Path,
+        quantization_target: float = 0.996,
     ):
         if dtype not in ("fp32", "int8"):
             raise ValueError(f"the ONNX backend runs fp32 or int8 on CPU, not {dtype}")
@@ -45,11 +46,11 @@ class OnnxBackend(Backend):
         self.pad_id = self._torch.pad_id
         self._inputs = [name for name in _GRAPH_INPUTS if name in self._torch.model_input_names]
         self._threads = threads or physical_cores()
-        self._min_fidelity = min_fidelity
+        self._quantization_target = quantization_target
         self.fp32_layers: list[str] = []
         key_settings = {"dtype": dtype, "inputs": self._inputs}
         if dtype == "int8":
-            key_settings["min_fidelity"] = min_fidelity  # it decides which layers stay fp32
+            key_settings["quantization_target"] = quantization_target  # it decides which layers stay fp32
         key = cache_key(path, key_settings)
         self.cache = GraphCache(cache_dir)
         self._calibration = self.tokenize(fidelity.calibration_texts(), truncate=True)
@@ -68,7 +69,9 @@ class OnnxBackend(Backend):
             raw = folder / "raw.onnx"
             export_encoder(self._torch.transformer_model, self._inputs, raw)
             if dtype == "int8":
-                kept = quantize_within_fidelity(raw, folder / "model.onnx", self._graph_fidelity, self._min_fidelity)
+                kept = quantize_within_fidelity(
+                    raw, folder / "model.onnx", self._graph_fidelity, self._quantization_target
+                )
                 (folder / "fp32_layers.json").write_text(json.dumps(kept))
             else:
                 optimize_graph(raw, folder / "model.onnx")

@@ -295,16 +295,21 @@ def test_an_impossible_combination_fails_before_anything_is_built(built, torch_s
 # ---- _build: the user's settings reach the backend ---------------------------------------
 
 
-def test_onnx_gets_the_cache_dir_dtype_threads_and_min_fidelity(monkeypatch, tmp_path):
+def test_onnx_gets_the_cache_dir_dtype_threads_and_int8_target(monkeypatch, tmp_path):
     from embedserve.backends import onnx_backend
 
     seen = []
     monkeypatch.setattr(onnx_backend, "OnnxBackend", lambda path, **kwargs: seen.append((path, kwargs)) or "onnx")
-    chosen = settings(backend="onnx", dtype="int8", cache_dir=tmp_path / "graphs", threads=3, min_fidelity=0.995)
+    chosen = settings(backend="onnx", dtype="int8", cache_dir=tmp_path / "graphs", threads=3, int8_target=0.995)
     assert factory._build("onnx", "int8", "cpu", chosen, MODEL_PATH) == "onnx"
     (path, kwargs), = seen
     assert path == MODEL_PATH
-    assert kwargs == {"cache_dir": tmp_path / "graphs", "dtype": "int8", "threads": 3, "min_fidelity": 0.995}
+    assert kwargs == {"cache_dir": tmp_path / "graphs", "dtype": "int8", "threads": 3, "quantization_target": 0.995}
+    # the target is never below the guard's threshold
+    seen.clear()
+    factory._build("onnx", "int8", "cpu", settings(backend="onnx", dtype="int8", int8_target=0.9, min_fidelity=0.99),
+                   MODEL_PATH)
+    assert seen[0][1]["quantization_target"] == 0.99
 
 
 def test_torch_gets_the_device_dtype_and_threads(monkeypatch, torch_stub):

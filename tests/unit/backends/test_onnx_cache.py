@@ -273,7 +273,7 @@ def test_hub_snapshots_of_different_revisions_get_different_keys(tmp_path):
     [
         {**SETTINGS, "dtype": "int8"},
         {**SETTINGS, "inputs": ["input_ids", "attention_mask"]},
-        {**SETTINGS, "dtype": "int8", "min_fidelity": 0.99},
+        {**SETTINGS, "dtype": "int8", "quantization_target": 0.99},
     ],
 )
 def test_the_key_changes_with_the_export_settings(model, other):
@@ -281,7 +281,7 @@ def test_the_key_changes_with_the_export_settings(model, other):
 
 
 def test_int8_targets_get_different_keys(model):
-    keys = {cache_key(model, {**SETTINGS, "dtype": "int8", "min_fidelity": f}) for f in (0.99, 0.995, 0.999)}
+    keys = {cache_key(model, {**SETTINGS, "dtype": "int8", "quantization_target": f}) for f in (0.99, 0.995, 0.999)}
     assert len(keys) == 3
 
 
@@ -349,15 +349,15 @@ def test_a_corrupt_cached_graph_is_rebuilt(tiny_model, tmp_path):
 def test_an_int8_target_is_met_and_the_layers_kept_fp32_are_cached(tiny_model, tmp_path):
     from embedserve.backends.onnx_backend import OnnxBackend
 
-    loose = OnnxBackend(tiny_model, dtype="int8", cache_dir=tmp_path, min_fidelity=0.5)
+    loose = OnnxBackend(tiny_model, dtype="int8", cache_dir=tmp_path, quantization_target=0.5)
     assert loose.fp32_layers == [] and loose.info.dtype == "int8"
     target = min(0.99999, (1 + loose.info.fidelity.mean_cosine) / 2)  # stricter than all-int8 reaches
     assert loose.info.fidelity.mean_cosine < target
 
-    strict = OnnxBackend(tiny_model, dtype="int8", cache_dir=tmp_path, min_fidelity=target)
+    strict = OnnxBackend(tiny_model, dtype="int8", cache_dir=tmp_path, quantization_target=target)
     assert strict.cache_hit is False  # a different target is a different graph
     assert strict.fp32_layers and strict.info.fidelity.mean_cosine >= target
-    again = OnnxBackend(tiny_model, dtype="int8", cache_dir=tmp_path, min_fidelity=target)
+    again = OnnxBackend(tiny_model, dtype="int8", cache_dir=tmp_path, quantization_target=target)
     assert again.cache_hit is True and again.fp32_layers == strict.fp32_layers
     assert again.info.fidelity.mean_cosine == pytest.approx(strict.info.fidelity.mean_cosine, abs=1e-6)
 
@@ -365,5 +365,5 @@ def test_an_int8_target_is_met_and_the_layers_kept_fp32_are_cached(tiny_model, t
 def test_fp32_ignores_the_int8_target(tiny_model, tmp_path):
     from embedserve.backends.onnx_backend import OnnxBackend
 
-    OnnxBackend(tiny_model, dtype="fp32", cache_dir=tmp_path, min_fidelity=0.99)
-    assert OnnxBackend(tiny_model, dtype="fp32", cache_dir=tmp_path, min_fidelity=0.999).cache_hit is True
+    OnnxBackend(tiny_model, dtype="fp32", cache_dir=tmp_path, quantization_target=0.99)
+    assert OnnxBackend(tiny_model, dtype="fp32", cache_dir=tmp_path, quantization_target=0.999).cache_hit is True
