@@ -52,7 +52,7 @@ class Settings(BaseSettings):
         description="Least mean cosine to the fp32 reference on the calibration set for a reduced-precision mode.",
     )
     int8_target: float = Field(
-        0.996, ge=0, le=1,
+        0.998, ge=0, le=1,
         description="int8 keeps the layers whose quantisation costs the most in fp32 until the calibration mean "
         "cosine reaches this (never below --min-fidelity).",
     )

@@ -37,7 +37,7 @@ _GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class OnnxBackend(Backend):
     def __init__(
         self, path: str | Path, *, threads: int = 0, dtype: str = "fp32", cache_dir: Path,
-        quantization_target: float = 0.996,
+        quantization_target: float = 0.998,
     ):
         if dtype not in ("fp32", "int8"):
             raise ValueError(f"the ONNX backend runs fp32 or int8 on CPU, not {dtype}")
