@@ -27,7 +27,8 @@ from embedserve.errors import BackendFailure, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
-GATHER_WAIT = 0.002  # seconds a free worker waits for requests that are still tokenizing
+GATHER_WAIT = 0.002  # seconds a free worker waits for requests that are still tokenizing...
+GATHER_ENOUGH = 16  # ...unless this many inputs already wait: then the batch is worth running now
 
 
 class EngineObserver:
@@ -184,12 +185,13 @@ class ModelWorker:
     async def _gather_arrivals(self) -> None:
         """Give admitted requests that are still tokenizing a moment to join this batch.
 
-        Only waits when such requests exist, so an idle server answers a lone request at
-        once; under concurrent single-input load it turns many batches of 1-2 into fewer,
-        fuller ones (the per-batch cost dominates tiny batches).
+        Only waits when such requests exist and few inputs wait, so an idle server answers a
+        lone request at once and bulk load never idles the cores; under concurrent
+        single-input load it turns many batches of 1-2 into fewer, fuller ones (the per-batch
+        cost dominates tiny batches).
         """
         deadline = time.perf_counter() + GATHER_WAIT
-        while self._arriving > 0:
+        while self._arriving > 0 and self._waiting_items() < GATHER_ENOUGH:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return
@@ -198,6 +200,9 @@ class ModelWorker:
                 await asyncio.wait_for(self._wake.wait(), remaining)
             except TimeoutError:
                 return
+
+    def _waiting_items(self) -> int:
+        return len(self._pool) + sum(len(batch) for batch in self._plan)
 
     def _batch_finished(self, task: asyncio.Task) -> None:
         self._running.discard(task)
