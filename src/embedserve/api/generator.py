@@ -58,6 +58,8 @@ def describe(model: LoadedModel) -> dict[str, Any]:
         "backend": info.backend,
         "dtype": info.dtype,
         "fidelity": info.fidelity.as_dict() if info.fidelity else None,
+        "weights_bytes": info.weights_bytes,
+        # growth of the process while this model loaded (the first model also pays for the libraries)
         "resident_memory_bytes": model.memory_bytes,
         "pooling": info.pooling,
         "normalize": info.normalize,

@@ -51,6 +51,7 @@ class ModelInfo:
     default_prompt_name: str | None = None
     dtype: str = "fp32"
     fidelity: Fidelity | None = None
+    weights_bytes: int | None = None  # the one copy of the weights this backend holds
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class OnnxBackend(Backend):
         self._calibration = self.tokenize(fidelity.calibration_texts(), truncate=True)
         self._reference = self._embed_calibration(self._torch.embed)
         self.cache_hit = self._open(key, dtype)
-        self.info = replace(self._torch.info, backend="onnx", dtype=dtype)
+        self.info = replace(self._torch.info, backend="onnx", dtype=dtype, weights_bytes=self._graph_bytes)
         result = fidelity.compare(f"onnx {dtype}", "torch fp32", self._embed_calibration(self.embed), self._reference)
         self.info = replace(self.info, fidelity=result)
         self._torch.release_encoder()
@@ -85,6 +85,7 @@ class OnnxBackend(Backend):
             self.cache.invalidate(key)
             folder, hit = self.cache.get_or_build(key, build)
             self._session = self._session_for(folder / "model.onnx")
+        self._graph_bytes = (folder / "model.onnx").stat().st_size
         layers = folder / "fp32_layers.json"
         self.fp32_layers = json.loads(layers.read_text()) if layers.is_file() else []
         return hit

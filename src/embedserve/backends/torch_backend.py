@@ -113,6 +113,7 @@ class TorchBackend(Backend):
         )
         if dtype != "fp32":
             self._reduce_precision(dtype)
+        self.info = replace(self.info, weights_bytes=sum(p.numel() * p.element_size() for p in st.parameters()))
         log.info("loaded %s on %s: %s", path, self.device, self.info)
 
     @property
