@@ -127,6 +127,52 @@ def _write_sentence_transformers_files(
         )
 
 
+# ---- the transformers side ---------------------------------------------------------------
+
+
+def _sizes(max_position_embeddings: int, initializer_range: float) -> dict:
+    """The config keyword arguments every tiny model shares."""
+    return {
+        "hidden_size": HIDDEN,
+        "num_hidden_layers": LAYERS,
+        "num_attention_heads": HEADS,
+        "intermediate_size": INTERMEDIATE,
+        "max_position_embeddings": max_position_embeddings,
+        "initializer_range": initializer_range,
+    }
+
+
+def _save_model(
+    folder: Path,
+    tokenizer,
+    config,
+    model_class,
+    *,
+    seed: int,
+    tokenizer_max_length: int | None,
+    architectures: Sequence[str] | None = None,
+    **st_files,
+) -> Path:
+    """Seed, build `model_class(config)` and save it with `tokenizer`, then the sentence-transformers files.
+
+    `architectures` overrides `architectures` in the saved config.json; `st_files` go to
+    `_write_sentence_transformers_files`.
+    """
+    import torch
+
+    if tokenizer_max_length is not None:
+        tokenizer.model_max_length = tokenizer_max_length
+    torch.manual_seed(seed)
+    model = model_class(config)
+    model.eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if architectures is not None:
+        _patch_config(folder, architectures=list(architectures))
+    _write_sentence_transformers_files(folder, **st_files)
+    return folder
+
+
 # ---- BERT (WordPiece) --------------------------------------------------------------------
 
 
@@ -154,7 +200,6 @@ def build_bert_model(
     config_sentence_transformers.json (with `default_prompt_name`). `architectures`: overrides
     `architectures` in config.json (the weights stay `BertModel`).
     """
-    import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     folder = Path(folder)
@@ -165,28 +210,19 @@ def build_bert_model(
             pieces.append(piece)
     vocab = {piece: i for i, piece in enumerate(pieces)}
     tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True)
-    if tokenizer_max_length is not None:
-        tokenizer.model_max_length = tokenizer_max_length
-
-    torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(vocab),
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=INTERMEDIATE,
-        max_position_embeddings=max_position_embeddings,
         pad_token_id=vocab["[PAD]"],
-        initializer_range=initializer_range,
+        **_sizes(max_position_embeddings, initializer_range),
     )
-    model = BertModel(config)
-    model.eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    if architectures is not None:
-        _patch_config(folder, architectures=list(architectures))
-    _write_sentence_transformers_files(
+    return _save_model(
         folder,
+        tokenizer,
+        config,
+        BertModel,
+        seed=seed,
+        tokenizer_max_length=tokenizer_max_length,
+        architectures=architectures,
         pooling=pooling,
         normalize=normalize,
         max_seq_length=max_seq_length,
@@ -194,7 +230,6 @@ def build_bert_model(
         default_prompt_name=default_prompt_name,
         write_st_config=write_st_config,
     )
-    return folder
 
 
 # ---- XLM-RoBERTa (Unigram, like BGE-M3) ---------------------------------------------------
@@ -262,7 +297,6 @@ def build_xlm_roberta_model(
     (1), so 8194 positions serve 8192 tokens. The tokenizer is a Unigram model built with the
     `tokenizers` library, wrapped as `XLMRobertaTokenizerFast`. Options as `build_bert_model`.
     """
-    import torch
     from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizerFast
 
     folder = Path(folder)
@@ -278,29 +312,21 @@ def build_xlm_roberta_model(
         pad_token="<pad>",
         mask_token="<mask>",
     )
-    if tokenizer_max_length is not None:
-        tokenizer.model_max_length = tokenizer_max_length
-
-    torch.manual_seed(seed)
     config = XLMRobertaConfig(
         vocab_size=vocab_size,
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=INTERMEDIATE,
-        max_position_embeddings=max_position_embeddings,
         type_vocab_size=1,
         bos_token_id=0,
         pad_token_id=1,
         eos_token_id=2,
-        initializer_range=initializer_range,
+        **_sizes(max_position_embeddings, initializer_range),
     )
-    model = XLMRobertaModel(config)
-    model.eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    _write_sentence_transformers_files(
+    return _save_model(
         folder,
+        tokenizer,
+        config,
+        XLMRobertaModel,
+        seed=seed,
+        tokenizer_max_length=tokenizer_max_length,
         pooling=pooling,
         normalize=normalize,
         max_seq_length=max_seq_length,
@@ -308,7 +334,6 @@ def build_xlm_roberta_model(
         default_prompt_name=default_prompt_name,
         write_st_config=write_st_config,
     )
-    return folder
 
 
 def _patch_config(folder: Path, **changes: object) -> None:

@@ -13,25 +13,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from embedserve.backends.fake import CLS, SEP, FakeBackend
+from tests.support.api import assert_error_envelope as assert_openai_error
+from tests.support.api import expected_for_ids
 
 URL = "/v1/embeddings"
 POISON = 666  # a token id the fault-injection tests fail on
 
 
-def assert_openai_error(response, status: int, *, type_: str, code: str) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["type"] == type_
-    assert body["error"]["code"] == code
-    return body["error"]
-
-
 def expected(backend: FakeBackend, ids: list[int]) -> np.ndarray:
-    v = backend.vector_for([CLS, *ids, SEP]).astype(np.float64)
-    return v / np.linalg.norm(v)
+    return expected_for_ids(backend, [CLS, *ids, SEP])
 
 
 def concurrently(client, bodies: list[dict], timeout: float = 10.0) -> list[tuple]:

@@ -13,33 +13,10 @@ import numpy as np
 import pytest
 
 from embedserve import __version__
+from tests.support.api import DIM, MODEL, expected
+from tests.support.api import assert_openai_error as assert_error
 
-MODEL = "org/fake-model"
-DIM = 8
 URL = "/embedding"
-
-
-def expected(backend, text: str) -> np.ndarray:
-    (ids,) = backend.tokenize([text], truncate=True)
-    raw = backend.vector_for(ids).astype(np.float64)
-    return raw / np.linalg.norm(raw)
-
-
-def assert_error(response, status: int, *, param=..., code=...) -> dict:
-    """OpenAI's error shape, whatever the route."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] == "invalid_request_error"
-    if param is not ...:
-        assert error["param"] == param
-    if code is not ...:
-        assert error["code"] == code
-    return error
 
 
 # ---- id -> text map ---------------------------------------------------------------------

@@ -13,40 +13,15 @@ import pytest
 
 from embedserve import __version__
 from embedserve.backends.fake import FakeBackend
+from tests.support.api import DIM, MODEL, expected, raw_vector
+from tests.support.api import assert_openai_error as assert_error
 
-MODEL = "org/fake-model"
-DIM = 8
 URL = "/embeddings"
 INFO_KEYS = {
     "model_name", "aliases", "source", "dimensions", "max_seq_length", "device", "backend", "pooling",
     "normalize", "family", "prefixes", "load_seconds", "loaded_at", "dtype", "fidelity", "resident_memory_bytes",
+    "weights_bytes",
 }  # fmt: skip
-
-
-def raw_vector(backend, text: str) -> np.ndarray:
-    (ids,) = backend.tokenize([text], truncate=True)
-    return backend.vector_for(ids).astype(np.float64)
-
-
-def expected(backend, text: str) -> np.ndarray:
-    raw = raw_vector(backend, text)
-    return raw / np.linalg.norm(raw)
-
-
-def assert_error(response, status: int, *, param=..., code=...) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] == ("invalid_request_error" if status < 500 else "server_error")
-    if param is not ...:
-        assert error["param"] == param
-    if code is not ...:
-        assert error["code"] == code
-    return error
 
 
 def loaded(client) -> list[str]:

@@ -14,37 +14,8 @@ import numpy as np
 import pytest
 
 from embedserve.backends.fake import CLS, SEP
-
-MODEL = "org/fake-model"
-DIM = 8
-
-
-def expected_for_text(backend, text: str, dims: int | None = None) -> np.ndarray:
-    (ids,) = backend.tokenize([text], truncate=True)
-    return expected_for_ids(backend, ids, dims)
-
-
-def expected_for_ids(backend, ids: list[int], dims: int | None = None) -> np.ndarray:
-    raw = backend.vector_for(ids).astype(np.float64)
-    if dims is not None:
-        raw = raw[:dims]
-    return raw / np.linalg.norm(raw)
-
-
-def assert_openai_error(response, status: int, *, type_: str, param=..., code=...) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] == type_
-    if param is not ...:
-        assert error["param"] == param
-    if code is not ...:
-        assert error["code"] == code
-    return error
+from tests.support.api import DIM, MODEL, assert_openai_error, expected_for_ids
+from tests.support.api import expected as expected_for_text
 
 
 def assert_embedding_list(body: dict, *, n: int, model: str, dim: int = DIM) -> list[np.ndarray]:

@@ -11,15 +11,9 @@ import numpy as np
 import pytest
 
 from embedserve.backends.fake import FakeBackend
+from tests.support.api import MODEL, expected
 
-MODEL = "org/fake-model"
 URL = "/v1/embeddings"
-
-
-def expected(backend, text: str) -> np.ndarray:
-    (ids,) = backend.tokenize([text], truncate=True)
-    raw = backend.vector_for(ids).astype(np.float64)
-    return raw / np.linalg.norm(raw)
 
 
 def assert_error(response, status: int, *, param=..., code=...) -> dict:

@@ -15,25 +15,13 @@ from embedserve.api.app import create_app
 from embedserve.backends.fake import FakeBackend
 from embedserve.models.registry import ResolvedModel, aliases_for
 from embedserve.settings import Settings
-
-MODEL = "org/fake-model"
+from tests.support.api import MODEL
+from tests.support.api import assert_error_envelope as assert_openai_error
 
 
 class OneModelResolver:
     def resolve(self, name: str) -> ResolvedModel:
         return ResolvedModel(name, Path("/fake") / name, "fake", aliases_for(name))
-
-
-def assert_openai_error(response, status: int, *, type_: str, code=...) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    assert set(body["error"]) == {"message", "type", "param", "code"}
-    assert body["error"]["type"] == type_
-    if code is not ...:
-        assert body["error"]["code"] == code
-    return body["error"]
 
 
 def wait_for(client: TestClient, predicate, timeout: float = 10.0):

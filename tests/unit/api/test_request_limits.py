@@ -6,24 +6,10 @@ import json
 
 import pytest
 
+from tests.support.api import assert_openai_error
+
 URL = "/v1/embeddings"
 MAX_SEQ = 16  # FakeBackend: 14 words + CLS + SEP
-
-
-def assert_openai_error(response, status: int, *, type_: str = "invalid_request_error", param=..., code=...) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] == type_
-    if param is not ...:
-        assert error["param"] == param
-    if code is not ...:
-        assert error["code"] == code
-    return error
 
 
 def words(n: int) -> str:

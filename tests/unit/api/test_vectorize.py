@@ -11,30 +11,8 @@ import numpy as np
 import pytest
 
 from embedserve.backends.fake import FakeBackend
-
-DIM = 8
-
-
-def expected(backend, text: str) -> np.ndarray:
-    (ids,) = backend.tokenize([text], truncate=True)
-    raw = backend.vector_for(ids).astype(np.float64)
-    return raw / np.linalg.norm(raw)
-
-
-def assert_error(response, status: int, *, param=..., code=...) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] == "invalid_request_error"
-    if param is not ...:
-        assert error["param"] == param
-    if code is not ...:
-        assert error["code"] == code
-    return error
+from tests.support.api import DIM, expected
+from tests.support.api import assert_openai_error as assert_error
 
 
 def vectorize(client, **body) -> np.ndarray:

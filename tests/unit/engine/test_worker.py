@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import numpy as np
 import pytest
@@ -22,6 +23,25 @@ def make_worker(backend: FakeBackend, **kw) -> ModelWorker:
 async def call(worker: ModelWorker, seqs):
     with worker.admit():
         return await worker.embed(seqs)
+
+
+class Tracking(FakeBackend):
+    """A FakeBackend that records the most batches it ever ran at once (`peak`)."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.active, self.peak = 0, 0
+        self._count_lock = threading.Lock()
+
+    def forward(self, batch):
+        with self._count_lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        try:
+            return super().forward(batch)
+        finally:
+            with self._count_lock:
+                self.active -= 1
 
 
 async def test_concurrent_single_requests_share_batches_and_get_their_own_vectors():
@@ -133,54 +153,21 @@ async def test_close_finishes_in_flight_requests():
 
 
 async def test_two_inference_workers_run_two_batches_at_once():
-    import threading
-
-    active, peak = 0, 0
-    lock = threading.Lock()
-
-    class Tracking(FakeBackend):
-        def forward(self, batch):
-            nonlocal active, peak
-            with lock:
-                active += 1
-                peak = max(peak, active)
-            try:
-                return super().forward(batch)
-            finally:
-                with lock:
-                    active -= 1
-
     backend = Tracking(delay=0.05)
     worker = make_worker(backend, max_batch_size=1, threads=2)
     seqs = [[1, 10 + i, 2] for i in range(8)]
     results = await asyncio.gather(*(call(worker, [s]) for s in seqs))
-    assert peak == 2  # never more than the configured workers, and both used
+    assert backend.peak == 2  # never more than the configured workers, and both used
     for seq, result in zip(seqs, results, strict=True):
         np.testing.assert_array_equal(result[0], backend.vector_for(seq))
     await worker.close()
 
 
 async def test_one_worker_never_overlaps_batches():
-    import threading
-
-    active, peak = 0, 0
-    lock = threading.Lock()
-
-    class Tracking(FakeBackend):
-        def forward(self, batch):
-            nonlocal active, peak
-            with lock:
-                active += 1
-                peak = max(peak, active)
-            try:
-                return super().forward(batch)
-            finally:
-                with lock:
-                    active -= 1
-
-    worker = make_worker(Tracking(delay=0.02), max_batch_size=1)
+    backend = Tracking(delay=0.02)
+    worker = make_worker(backend, max_batch_size=1)
     await asyncio.gather(*(call(worker, [[1, 10 + i, 2]]) for i in range(6)))
-    assert peak == 1
+    assert backend.peak == 1
     await worker.close()
 
 

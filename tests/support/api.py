@@ -1,0 +1,56 @@
+"""Helpers the API tests share: OpenAI's error shape, and the vectors the FakeBackend computes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+MODEL = "org/fake-model"  # the one model the `client` fixture serves
+DIM = 8  # FakeBackend's vector size
+
+
+def assert_error_envelope(response, status: int, *, type_: str, code=...) -> dict:
+    """The status, a JSON body with exactly OpenAI's error keys, `type_` and (if given) `code`."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == type_
+    if code is not ...:
+        assert error["code"] == code
+    return error
+
+
+def assert_openai_error(response, status: int, *, type_: str | None = None, param=..., code=...) -> dict:
+    """`assert_error_envelope` plus a non-empty message and (if given) `param`.
+
+    `type_` defaults to "invalid_request_error" for a 4xx and "server_error" for a 5xx.
+    """
+    if type_ is None:
+        type_ = "invalid_request_error" if status < 500 else "server_error"
+    error = assert_error_envelope(response, status, type_=type_, code=code)
+    assert isinstance(error["message"], str) and error["message"]
+    if param is not ...:
+        assert error["param"] == param
+    return error
+
+
+def raw_vector(backend, text: str) -> np.ndarray:
+    """The backend's unnormalised vector for `text`, as float64."""
+    (ids,) = backend.tokenize([text], truncate=True)
+    return backend.vector_for(ids).astype(np.float64)
+
+
+def expected_for_ids(backend, ids: list[int], dims: int | None = None) -> np.ndarray:
+    """The normalised vector a client should get for these token ids (cut to `dims` first)."""
+    raw = backend.vector_for(ids).astype(np.float64)
+    if dims is not None:
+        raw = raw[:dims]
+    return raw / np.linalg.norm(raw)
+
+
+def expected(backend, text: str, dims: int | None = None) -> np.ndarray:
+    """The normalised vector a client should get for `text` (cut to `dims` first)."""
+    (ids,) = backend.tokenize([text], truncate=True)
+    return expected_for_ids(backend, ids, dims)
