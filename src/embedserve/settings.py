@@ -75,7 +75,8 @@ class Settings(BaseSettings):
         0, ge=0, description="Intra-op threads per inference worker; 0 = physical cores / model workers."
     )
     model_workers: int = Field(
-        1, ge=1, le=64, description="Inference workers (threads running batches) per model."
+        2, ge=1, le=64,
+        description="Inference workers (threads running batches) per model; the cores are shared out between them.",
     )
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(("*",), description="Allowed CORS origins.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")

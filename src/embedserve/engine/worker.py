@@ -98,8 +98,9 @@ class ModelWorker:
         self._arriving = 0  # admitted, inputs not yet in the pool
         self._task: asyncio.Task | None = None
         self._closing = False
-        # Inference threads per model (--model-workers). One is usually right: torch and ONNX
-        # Runtime already spread one batch over every core.
+        # Inference threads per model (--model-workers), each running its own batch with
+        # cores/workers intra-op threads. Two beat one on 2 cores: small batches don't keep
+        # two intra-op threads busy, and one batch's Python work overlaps the other's maths.
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"infer-{name}")
         self._slots = asyncio.Semaphore(threads)
         self._running: set[asyncio.Task] = set()
