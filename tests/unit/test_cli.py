@@ -8,20 +8,24 @@ from embedserve.cli import app, build_settings, load_env_file
 from embedserve.models.hub import hub_token
 
 
+def absent(monkeypatch, *names: str) -> None:
+    """Unset `names` for this test only; whatever the test (or .env) sets is undone after it."""
+    for name in names:
+        monkeypatch.setenv(name, "")  # records the original state, restored at teardown
+        monkeypatch.delenv(name)
+
+
 def test_env_file_provides_hf_token_and_settings(tmp_path, monkeypatch):
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    monkeypatch.delenv("EMBEDSERVE_MAX_QUEUE", raising=False)
+    absent(monkeypatch, "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "EMBEDSERVE_MAX_QUEUE")
     env = tmp_path / ".env"
     env.write_text("HF_TOKEN=hf_from_dotenv\nEMBEDSERVE_MAX_QUEUE=5\n")
     assert load_env_file(env)
     assert hub_token() == "hf_from_dotenv"
     assert build_settings().max_queue == 5
-    monkeypatch.delenv("HF_TOKEN")
-    monkeypatch.delenv("EMBEDSERVE_MAX_QUEUE")
 
 
 def test_env_file_never_overrides_the_environment(tmp_path, monkeypatch):
+    absent(monkeypatch, "EMBEDSERVE_MAX_QUEUE")
     monkeypatch.setenv("HF_TOKEN", "from-env")
     env = tmp_path / ".env"
     env.write_text("HF_TOKEN=from-file\n")
@@ -59,3 +63,10 @@ def test_models_dir_contents_are_listed(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0 and "my-model" in result.output
     assert Path(tmp_path / "my-model").is_dir()
+
+
+def test_env_file_values_do_not_outlive_their_test():
+    import os
+
+    assert os.environ.get("HF_TOKEN") != "hf_from_dotenv"
+    assert os.environ.get("EMBEDSERVE_MAX_QUEUE") != "5"
