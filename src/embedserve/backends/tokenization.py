@@ -17,10 +17,33 @@ class HFTokenizer:
 
     def __init__(self, tokenizer: Any, max_length: int):
         self._tok = tokenizer
-        self.max_length = max_length
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.vocab_size = len(tokenizer)
         self._prefix, self._suffix = self._special_template(tokenizer)
+        # The Rust tokenizer itself, called directly: one short sentence took 22 us this way and
+        # 38 us through the transformers wrapper, with identical ids. Two copies, because
+        # truncation is a setting of the tokenizer object; the model's own stays untouched.
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._whole = self._cut = None
+        if backend is not None:
+            from tokenizers import Tokenizer
+
+            self._whole = Tokenizer.from_str(backend.to_str())
+            self._whole.no_padding()
+            self._whole.no_truncation()
+            self._cut = Tokenizer.from_str(backend.to_str())
+            self._cut.no_padding()
+        self.max_length = max_length
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self._max_length = value
+        if self._cut is not None:
+            self._cut.enable_truncation(value)
 
     @staticmethod
     def _special_template(tokenizer: Any) -> tuple[TokenIds, TokenIds]:
@@ -33,6 +56,9 @@ class HFTokenizer:
         return [], []
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
+        rust = self._cut if truncate else self._whole
+        if rust is not None:
+            return [encoding.ids for encoding in rust.encode_batch(list(texts), add_special_tokens=True)]
         encoded = self._tok(
             list(texts),
             add_special_tokens=True,
