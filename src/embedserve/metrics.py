@@ -49,23 +49,28 @@ class Metrics(EngineObserver):
             "Cosine of the serving mode's vectors to the fp32 reference on the calibration set.",
             ["model", "stat"], registry=r,
         )
+        self._model_series: dict[str, list[tuple[Gauge, tuple[str, ...]]]] = {}  # to remove on unload
         self.memory = Gauge(
             "embedserve_model_resident_bytes", "Resident memory the model added when it loaded.", ["model"], registry=r
         )
 
     # EngineObserver hooks
     def model_loaded(self, model: str, info: ModelInfo, memory_bytes: int | None) -> None:
-        self.model_info.labels(model, info.backend, info.dtype, info.device).set(1)
+        series = [(self.model_info, (model, info.backend, info.dtype, info.device), 1)]
         if info.fidelity is not None:
-            self.fidelity.labels(model, "mean").set(info.fidelity.mean_cosine)
-            self.fidelity.labels(model, "min").set(info.fidelity.min_cosine)
+            series += [
+                (self.fidelity, (model, "mean"), info.fidelity.mean_cosine),
+                (self.fidelity, (model, "min"), info.fidelity.min_cosine),
+            ]
         if memory_bytes is not None:
-            self.memory.labels(model).set(memory_bytes)
+            series.append((self.memory, (model,), memory_bytes))
+        for gauge, labels, value in series:
+            gauge.labels(*labels).set(value)
+        self._model_series[model] = [(gauge, labels) for gauge, labels, _ in series]
 
     def model_unloaded(self, model: str) -> None:
-        for gauge in (self.fidelity, self.memory, self.model_info):
-            for labels in [k for k in gauge._metrics if k[0] == model]:  # noqa: SLF001 - prometheus has no public lookup
-                gauge.remove(*labels)
+        for gauge, labels in self._model_series.pop(model, []):
+            gauge.remove(*labels)
 
     def batch_done(self, model: str, size: int, tokens: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(size)

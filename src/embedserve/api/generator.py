@@ -138,7 +138,7 @@ async def load_model(
 ) -> Any:
     """Loads through `get_or_load`, so `--no-load-on-demand` (a fixed set of models) holds here too."""
     svc = service(request)
-    already = any(m.matches(model_name) for m in svc.models)
+    already = svc.pool.find(model_name) is not None
     try:
         model = await svc.pool.get_or_load(model_name)
     except ModelNotFound as exc:

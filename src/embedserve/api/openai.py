@@ -18,9 +18,9 @@ from pydantic import (
     model_validator,
 )
 
+from embedserve.api.compat import service
 from embedserve.api.responses import OrjsonResponse
 from embedserve.engine.model_pool import LoadedModel
-from embedserve.engine.service import EmbeddingService
 from embedserve.models.families import InputType as InputKind
 
 router = APIRouter(tags=["OpenAI"])
@@ -105,10 +105,6 @@ class ModelNameList(BaseModel):
 
     data: list[str]
     object: Literal["list"] = "list"
-
-
-def service(request: Request) -> EmbeddingService:
-    return request.app.state.service
 
 
 def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[Any]:

@@ -176,7 +176,6 @@ class ModelPool:
         await asyncio.gather(*(m.worker.close(self.settings.graceful_timeout) for m in models))
 
 
-
 def resident_bytes() -> int | None:
     """This process's resident memory (Linux /proc), or None where that can't be read."""
     try:

@@ -310,3 +310,13 @@ def test_readme_lists_every_drop_in_route():
         "`POST /vectorize-batch`", "## Migrating from another embedding server", "--models-list-style names",
     ]:  # fmt: skip
         assert route in readme, route
+
+
+def test_unloading_a_model_removes_its_metrics_series(client):
+    assert client.post("/model/load", params={"model_name": "org/second"}).status_code == 200
+    before = client.get("/metrics").text
+    assert 'embedserve_model_info{backend="fake",device="cpu",dtype="fp32",model="org/second"} 1.0' in before
+    assert client.post("/model/unload", params={"model_name": "org/second"}).status_code == 200
+    after = client.get("/metrics").text
+    assert 'model="org/second"}' not in after.split("embedserve_model_info")[1].split("# HELP")[0]
+    assert f'embedserve_model_info{{backend="fake",device="cpu",dtype="fp32",model="{MODEL}"}} 1.0' in after
