@@ -6,7 +6,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test unit integration bench clean
+.PHONY: install serve test unit integration test-gpu bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ unit: install
 
 integration: install
 	$(BIN)/python -m pytest -q -ra tests/integration
+
+# Needs a CUDA GPU (not run by CI, which has none): the fp32/fp16/bf16 CUDA paths.
+test-gpu: install
+	$(BIN)/python -m pytest -q -ra tests/gpu
 
 bench: install
 	$(BIN)/python benchmarks/run.py --rounds 3 --modes "default=;int8=--dtype int8"
