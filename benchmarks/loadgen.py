@@ -237,12 +237,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed requests first")
     parser.add_argument("--dim", type=int, default=None, help="expected size (default: from warm-up)")
     parser.add_argument("--sentences", default=None, help="path to the STS TSV file")
+    parser.add_argument("--lengths", choices=sentences_mod.WORKLOADS, default="sts", help="see run.py --lengths")
     parser.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp", help="HTTP client library")
     args = parser.parse_args()
     result = asyncio.run(
         run_load(
             args.url, args.concurrency, args.batch, args.total, args.model,
-            sentences=sentences_mod.load_sentences(args.sentences),
+            sentences=sentences_mod.load_workload(args.lengths, args.sentences),
             timeout=args.timeout, warmup=args.warmup, dim=args.dim, client=args.client,
         )
     )

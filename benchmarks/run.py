@@ -117,7 +117,7 @@ def port_in_use(port: int) -> bool:
 def build_servers(args: argparse.Namespace, log_dir: Path) -> dict[str, Server]:
     python = VENV_BIN / "python" if (VENV_BIN / "python").exists() else Path(sys.executable)
     naive_cmd = [str(python), str(REPO_ROOT / "benchmarks" / "naive_server.py"),
-                 "--host", HOST, "--port", str(args.naive_port)]
+                 "--host", HOST, "--port", str(args.naive_port), *shlex.split(args.naive_args)]
     servers = {"naive": Server("naive", naive_cmd, args.naive_port, ["/health"], log_dir)}
     for mode, mode_args in parse_modes(args.modes).items():
         name = "embedserve" if mode == "default" else f"embedserve-{mode}"
@@ -220,11 +220,15 @@ def main() -> int:
     p.add_argument("--embedserve-cmd", default=None,
                    help="command to start embedserve (default: <venv>/bin/embedserve serve); "
                         "--host/--port and --embedserve-args are appended")
+    p.add_argument("--naive-args", default="", help='extra args for the naive server, e.g. "--device cuda"')
     p.add_argument("--embedserve-args", default="", help='extra args, e.g. "--max-batch-size 64"')
     p.add_argument("--timeout", type=float, default=300.0, help="bound per workload run, seconds")
     p.add_argument("--startup-timeout", type=float, default=180.0)
     p.add_argument("--warmup", type=int, default=3, help="untimed requests before each workload")
     p.add_argument("--sentences", default=None, help="path to the STS TSV file")
+    p.add_argument("--lengths", choices=sentences_mod.WORKLOADS, default="sts",
+                   help="sts: the STS sentences of 5-40 words as they are (mean ~10); "
+                        "uniform: texts of 5-40 words drawn evenly (mean ~22)")
     p.add_argument("--out", default=str(REPO_ROOT / "bench-results" / "latest.json"))
     args = p.parse_args()
 
@@ -236,8 +240,8 @@ def main() -> int:
     (out.parent / "logs").mkdir(exist_ok=True)
     servers = build_servers(args, out.parent / "logs")
     names = [n for n in servers if n.split("-")[0] in wanted]
-    sents = sentences_mod.load_sentences(args.sentences)
-    print(f"{len(sents)} sentences; servers {names}; {args.rounds} round(s); {os.cpu_count()} CPUs", flush=True)
+    sents = sentences_mod.load_workload(args.lengths, args.sentences)
+    print(f"{len(sents)} {args.lengths} texts; servers {names}; {args.rounds} round(s); {os.cpu_count()} CPUs", flush=True)
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     rounds: list[dict] = []

@@ -54,7 +54,55 @@ def load_sentences(
     return out
 
 
+WORKLOADS = ("sts", "uniform")
+
+
+def uniform_lengths(
+    path: str | Path | None = None, count: int = 2048, min_words: int = MIN_WORDS, max_words: int = MAX_WORDS,
+    seed: int = 0,
+) -> list[str]:
+    """`count` texts whose lengths are drawn uniformly from min_words..max_words words.
+
+    Why a second workload: the STS sentences of 5 to 40 words are mostly short (mean ~10
+    words), while "sentences of 5 to 40 words" read as an even spread averages ~22 words,
+    which weighs padding and the model's maths more than per-request overheads. Each text
+    starts at the next sentence start of the STS file (read in file order) after the last
+    text, and takes the drawn number of words, running on into the following sentences
+    where one is too short; at the file's end it starts over. Seeded, so
+    every run and every server sees the same texts.
+    """
+    import bisect
+    import random
+
+    base = load_sentences(path, min_words=1, max_words=10**6)
+    words: list[str] = []
+    starts: list[int] = []
+    for sentence in base:
+        starts.append(len(words))
+        words.extend(sentence.split())
+    rng = random.Random(seed)
+    out: list[str] = []
+    position = 0
+    for _ in range(count):
+        index = bisect.bisect_left(starts, position)  # the next sentence start from here
+        start = starts[index] if index < len(starts) and starts[index] + max_words <= len(words) else 0
+        take = rng.randint(min_words, max_words)
+        out.append(" ".join(words[start : start + take]))
+        position = start + take
+    return out
+
+
+def load_workload(kind: str = "sts", path: str | Path | None = None) -> list[str]:
+    """The benchmark texts by name: "sts" (the STS sentences as they are) or "uniform"."""
+    if kind == "sts":
+        return load_sentences(path)
+    if kind == "uniform":
+        return uniform_lengths(path)
+    raise ValueError(f"unknown workload {kind!r}; choose from {', '.join(WORKLOADS)}")
+
+
 if __name__ == "__main__":
-    sents = load_sentences(sys.argv[1] if len(sys.argv) > 1 else None)
+    # python benchmarks/sentences.py [TSV or ""] [sts|uniform]
+    sents = load_workload(sys.argv[2] if len(sys.argv) > 2 else "sts", (sys.argv[1] if len(sys.argv) > 1 else "") or None)
     words = [len(s.split()) for s in sents]
     print(f"{len(sents)} sentences, {min(words)}-{max(words)} words, mean {sum(words) / len(words):.1f}")
