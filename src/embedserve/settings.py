@@ -52,9 +52,10 @@ class Settings(BaseSettings):
         description="Least mean cosine to the fp32 reference on the calibration set for a reduced-precision mode.",
     )
     int8_target: float = Field(
-        0.998, ge=0, le=1,
+        0.99, ge=0, le=1,
         description="int8 keeps the layers whose quantisation costs the most in fp32 until the calibration mean "
-        "cosine reaches this (never below --min-fidelity).",
+        "cosine reaches this (never below --min-fidelity); each layer kept costs speed (0.997: 6 of 36 on "
+        "all-MiniLM-L6-v2, ~35% slower).",
     )
     cache_dir: Path = Field(
         Path("~/.cache/embedserve").expanduser(), description="Where exported/optimised ONNX graphs are cached."

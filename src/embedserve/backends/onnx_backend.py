@@ -19,25 +19,29 @@ import onnxruntime as ort
 import torch
 
 from embedserve.backends import fidelity
-from embedserve.backends.base import Backend, Batch, TokenIds
+from embedserve.backends.base import Backend, Batch, Fidelity, TokenIds
 from embedserve.backends.onnx_export import (
     GraphCache,
     cache_key,
     export_encoder,
     optimize_graph,
     quantize_within_fidelity,
+    uses_fast_gelu,
 )
 from embedserve.backends.torch_backend import TorchBackend, physical_cores
 
 log = logging.getLogger(__name__)
 
 _GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The fp32 graph must give the reference's vectors: below this (min cosine on the calibration
+# set) the approximate GELU is dropped and the graph rebuilt with the exact one.
+FP32_GRAPH_MIN_COSINE = 0.99999
 
 
 class OnnxBackend(Backend):
     def __init__(
         self, path: str | Path, *, threads: int = 0, dtype: str = "fp32", cache_dir: Path,
-        quantization_target: float = 0.998,
+        quantization_target: float = 0.99,
     ):
         if dtype not in ("fp32", "int8"):
             raise ValueError(f"the ONNX backend runs fp32 or int8 on CPU, not {dtype}")
@@ -66,15 +70,22 @@ class OnnxBackend(Backend):
         """Load the cached graph, building it if missing; a corrupt entry is rebuilt once."""
 
         def build(folder: Path) -> None:
-            raw = folder / "raw.onnx"
+            raw, optimized = folder / "raw.onnx", folder / "optimized.onnx"
             export_encoder(self._torch.transformer_model, self._inputs, raw)
+            optimize_graph(raw, optimized, approximate_gelu=True)
+            if uses_fast_gelu(optimized):
+                exactness = self._graph_fidelity(optimized)
+                if exactness.min_cosine < FP32_GRAPH_MIN_COSINE:
+                    log.info("FastGelu moves vectors (min cosine %.6f): keeping the exact GELU", exactness.min_cosine)
+                    optimize_graph(raw, optimized, approximate_gelu=False)
             if dtype == "int8":
                 kept = quantize_within_fidelity(
-                    raw, folder / "model.onnx", self._graph_fidelity, self._quantization_target
+                    optimized, folder / "model.onnx", self._graph_mean_cosine, self._quantization_target
                 )
                 (folder / "fp32_layers.json").write_text(json.dumps(kept))
+                optimized.unlink()
             else:
-                optimize_graph(raw, folder / "model.onnx")
+                optimized.rename(folder / "model.onnx")
             raw.unlink()
 
         folder, hit = self.cache.get_or_build(key, build)
@@ -93,11 +104,14 @@ class OnnxBackend(Backend):
     def _embed_calibration(self, embed) -> np.ndarray:
         return fidelity.embed_all(self._calibration, embed, self.pad_id)
 
-    def _graph_fidelity(self, graph: Path) -> float:
-        """Mean cosine of a candidate graph's vectors to the fp32 reference."""
+    def _graph_fidelity(self, graph: Path) -> Fidelity:
+        """How close a candidate graph's vectors are to the fp32 reference."""
         session = self._session_for(graph)
         candidate = self._embed_calibration(lambda batch: self.pool(batch, self._run(session, batch)))
-        return fidelity.compare("candidate", "torch fp32", candidate, self._reference).mean_cosine
+        return fidelity.compare("candidate", "torch fp32", candidate, self._reference)
+
+    def _graph_mean_cosine(self, graph: Path) -> float:
+        return self._graph_fidelity(graph).mean_cosine
 
     def _session_for(self, graph: Path) -> ort.InferenceSession:
         options = ort.SessionOptions()

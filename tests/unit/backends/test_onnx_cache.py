@@ -367,3 +367,37 @@ def test_fp32_ignores_the_int8_target(tiny_model, tmp_path):
 
     OnnxBackend(tiny_model, dtype="fp32", cache_dir=tmp_path, quantization_target=0.99)
     assert OnnxBackend(tiny_model, dtype="fp32", cache_dir=tmp_path, quantization_target=0.999).cache_hit is True
+
+
+def graph_ops(cache_dir: Path) -> set[str]:
+    import onnx
+
+    (graph,) = (cache_dir / "onnx").glob("*/model.onnx")
+    return {node.op_type for node in onnx.load(str(graph)).graph.node}
+
+
+def test_the_fp32_graph_runs_the_fast_gelu_when_it_keeps_the_vectors(tiny_model, tmp_path):
+    from embedserve.backends.onnx_backend import FP32_GRAPH_MIN_COSINE, OnnxBackend
+
+    backend = OnnxBackend(tiny_model, dtype="fp32", cache_dir=tmp_path)
+    ops = graph_ops(tmp_path)
+    assert "FastGelu" in ops and "BiasGelu" not in ops
+    assert backend.info.fidelity.min_cosine >= FP32_GRAPH_MIN_COSINE
+
+
+def test_the_exact_gelu_is_kept_when_the_fast_one_moves_the_vectors(tiny_model, tmp_path, monkeypatch):
+    from embedserve.backends import onnx_backend
+
+    monkeypatch.setattr(onnx_backend, "FP32_GRAPH_MIN_COSINE", 1.01)  # nothing approximate passes
+    backend = onnx_backend.OnnxBackend(tiny_model, dtype="fp32", cache_dir=tmp_path)
+    ops = graph_ops(tmp_path)
+    assert "BiasGelu" in ops and "FastGelu" not in ops
+    assert backend.info.fidelity.min_cosine >= 0.99999  # the exact graph: the reference's vectors
+
+
+def test_int8_quantises_the_optimised_graph(tiny_model, tmp_path):
+    from embedserve.backends.onnx_backend import OnnxBackend
+
+    OnnxBackend(tiny_model, dtype="int8", cache_dir=tmp_path, quantization_target=0.5)
+    ops = graph_ops(tmp_path)
+    assert "FastGelu" in ops and ("MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops)
