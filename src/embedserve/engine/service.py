@@ -22,6 +22,9 @@ from embedserve.models.families import InputType
 from embedserve.models.registry import ModelResolver
 from embedserve.settings import Settings
 
+INLINE_TOKENIZE_INPUTS = 8  # requests at most this small are tokenized on the event loop
+INLINE_TOKENIZE_CHARS = 2048
+
 Inputs = Sequence[str] | Sequence[Sequence[int]]
 
 
@@ -94,7 +97,10 @@ class EmbeddingService:
             )
         prefix = model.prompts.prefix(input_type)
         with model.worker.admit() as admission:
-            sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix)
+            if self._small(inputs):  # a thread hop costs more than tokenizing a few sentences
+                sequences = self._tokenize(model, inputs, prefix)
+            else:
+                sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix)
             tokens = sum(len(s) for s in sequences)
             self._observer.tokens(model.id, tokens)
             vectors = await model.worker.embed(sequences, admission)
@@ -105,6 +111,13 @@ class EmbeddingService:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
         return EmbedResult(model.id, vectors.astype(np.float32, copy=False), tokens)
+
+    @staticmethod
+    def _small(inputs: Inputs) -> bool:
+        """Whether to tokenize on the event loop: a few short texts (~20 us each with the Rust
+        tokenizer) cost less there than the ~100 us of handing them to a thread, which
+        profiling showed as a tenth of the loop's time under single-sentence traffic."""
+        return len(inputs) <= INLINE_TOKENIZE_INPUTS and sum(len(item) for item in inputs) <= INLINE_TOKENIZE_CHARS
 
     def _check_inputs(self, inputs: Inputs) -> None:
         if len(inputs) == 0:
