@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedserve.api.responses import OrjsonResponse, error_body
-from embedserve.errors import EmbedServeError, Overloaded
+from embedserve.errors import EmbedServeError, NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EmbedServeError)
     async def _domain(request: Request, exc: EmbedServeError):
         headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-        if exc.status >= 500:
+        if exc.status >= 500 and not isinstance(exc, NotReady):  # 503 while loading/draining is expected
             log.error("request failed: %s", exc.message)
         return error_response(exc.status, exc.message, exc.type, param=exc.param, code=exc.code, headers=headers)
 

@@ -101,6 +101,16 @@ def test_health_answers_while_loading_and_ready_follows(loading_client):
     assert client.post("/v1/embeddings", json={"input": "now"}).status_code == 200
 
 
+def test_polling_ready_while_loading_logs_no_errors(loading_client, caplog):
+    # Orchestrators poll /ready during start-up: an expected 503 must not fill the log with errors.
+    client, _ = loading_client
+    with caplog.at_level("INFO"):
+        assert client.get("/ready").status_code == 503
+        assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 503
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+    assert any("/ready" in r.getMessage() and "503" in r.getMessage() for r in caplog.records)  # still in the access log
+
+
 @pytest.mark.parametrize("body", [{"input": "x"}, {"input": "x", "model": MODEL}], ids=["default", "named"])
 def test_embeddings_while_loading_is_503(loading_client, body):
     client, _ = loading_client
