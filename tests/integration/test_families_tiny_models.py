@@ -202,13 +202,16 @@ def encode_reference(folder: Path, texts: list[str]) -> np.ndarray:
 
 
 def assert_matches_reference(
-    folder: Path, served: np.ndarray, texts: list[str], prefix: str, *, exclusive: bool = True
+    folder: Path, served: np.ndarray, texts: list[str], prefix: str, *, exclusive: bool = True, exact: bool = True
 ) -> None:
-    """Served vectors are the model's own for `prefix + text` (and, if `exclusive`, for no other prefix)."""
+    """Served vectors are the model's own for `prefix + text` (and, if `exclusive`, for no other prefix).
+
+    exact=False: the default mode's promise only (cosine >= 0.9999), which bf16 may keep."""
     expected = encode_reference(folder, [prefix + t for t in texts])
     assert served.shape == expected.shape
     assert cosines(served, expected).min() >= 0.9999, cosines(served, expected)
-    np.testing.assert_allclose(served, expected, atol=1e-4)
+    if exact:
+        np.testing.assert_allclose(served, expected, atol=1e-4)
     if not exclusive:
         return
     for other in {"", "query: ", "passage: ", "search_query: ", "search_document: ", BGE_QUERY} - {prefix}:
@@ -433,15 +436,15 @@ def test_a_model_loaded_on_demand_gets_its_family_too(models_root):
 
 
 def test_the_default_backend_applies_the_family_too(models_root, tmp_path):
-    # whatever backend the server picks by default (ONNX Runtime on CPU here), the family's
-    # prefixes and length limit are the pool's, applied the same way
+    # whatever backend the server picks by default (torch bf16 or ONNX Runtime fp32 on CPU), the
+    # family's prefixes and length limit are the pool's, applied the same way
     settings = tiny_settings(tmp_path, models=(E5,), models_dir=models_root, backend=None)
     with serve(settings) as client:
         body = post(client, model=E5, input=LONG_TEXT)
         assert body["usage"]["prompt_tokens"] == 512
         result = embed(client, E5, TEXTS, "query")
         assert result.prompt_tokens == embed(client, E5, TEXTS).prompt_tokens + 2 * len(TEXTS)
-        assert_matches_reference(_folder(models_root, E5), result.vectors, TEXTS, "query: ")
+        assert_matches_reference(_folder(models_root, E5), result.vectors, TEXTS, "query: ", exact=False)
 
 
 @pytest.mark.parametrize("name", ["acme--bge-m3-514", "acme--xlmr-encoder"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 import concurrent.futures as cf
 
 import httpx
@@ -41,6 +42,25 @@ def test_vectors_match_sentence_transformers(server, reference_model):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     tokens = sum(len(ids) for ids in reference_model.tokenizer(SENTENCES)["input_ids"])
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
+
+
+STS_TEST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sts-benchmark-test.tsv"
+SHORT = ["?", "ok", "a", "No.", "ok thanks", "Paris", "42", "hi there", "\u00e9t\u00e9", "\U0001F600", "x" * 300]
+
+
+def test_every_default_vector_on_the_sts_sentences_is_within_0_9999(server, reference_model):
+    # issue 4's bar for the default mode, over ~2,550 real sentences plus very short inputs
+    # (where a reduced-precision mode moves vectors most), sent in requests of 64
+    rows = [line.split("\t") for line in STS_TEST.read_text(encoding="utf-8").splitlines()]
+    texts = list(dict.fromkeys([r[5] for r in rows] + [r[6] for r in rows] + SHORT))
+    got = []
+    for start in range(0, len(texts), 64):
+        response = httpx.post(server.url + "/v1/embeddings", json={"input": texts[start : start + 64]}, timeout=60)
+        assert response.status_code == 200, response.text
+        got += [item["embedding"] for item in response.json()["data"]]
+    similarity = cosines(np.asarray(got, dtype=np.float32), reference_model.encode(texts, batch_size=64))
+    assert len(similarity) > 2500  # 2,552 distinct STS-B test sentences and the short ones
+    assert similarity.min() >= 0.9999, (similarity.min(), texts[int(similarity.argmin())])
 
 
 def test_concurrent_clients_each_get_their_own_vector(server, reference_model):

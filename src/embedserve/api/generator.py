@@ -58,6 +58,7 @@ def describe(model: LoadedModel) -> dict[str, Any]:
         "backend": info.backend,
         "dtype": info.dtype,
         "fidelity": info.fidelity.as_dict() if info.fidelity else None,
+        "speedup_vs_fp32": info.speedup,
         "weights_bytes": info.weights_bytes,
         # growth of the process while this model loaded (the first model also pays for the libraries)
         "resident_memory_bytes": model.memory_bytes,

@@ -52,6 +52,7 @@ class ModelInfo:
     dtype: str = "fp32"
     fidelity: Fidelity | None = None
     weights_bytes: int | None = None  # the one copy of the weights this backend holds
+    speedup: float | None = None  # this mode's speed over fp32 on the calibration set, measured at load
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ by the engine so that raw pooled vectors stay available.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -104,6 +106,7 @@ class TorchBackend(Backend):
         st.eval()
         modules = list(st.children())
         self._encoder = modules[0]
+        self._autocast: torch.dtype | None = None  # CPU bf16: matmuls in bf16, the rest fp32
         self._poolers = [m for m in modules[1:] if not isinstance(m, Normalize)]
         normalize = any(isinstance(m, Normalize) for m in modules[1:])
         pooling = next((_pooling_name(m) for m in self._poolers if "pool" in type(m).__name__.lower()), "none")
@@ -138,13 +141,35 @@ class TorchBackend(Backend):
         return self._encoder.auto_model
 
     def _reduce_precision(self, dtype: str) -> None:
-        """Cast the weights in place after measuring the fp32 reference on the calibration set."""
+        """Lower the precision after measuring the fp32 reference (vectors and speed).
+
+        On CUDA the whole encoder is cast. On CPU bf16 is mixed precision instead: only the
+        Linear layers hold bf16 weights and run under autocast (AMX / AVX512-BF16 matmuls),
+        while layer norms, softmax and GELU stay fp32. Measured on all-MiniLM-L6-v2 over
+        3,763 texts: every vector within cosine 0.99993 of fp32 (a full bf16 cast: 0.99986)
+        at 2.3-2.9x the fp32 speed on a CPU with AMX.
+        """
         sequences = self.tokenize(fidelity.calibration_texts(), truncate=True)
-        reference = fidelity.embed_all(sequences, self.embed, self.pad_id)
-        self._encoder.to(TORCH_DTYPES[dtype])
+        reference = fidelity.embed_all(sequences, self.embed, self.pad_id)  # also the warm-up
+        fp32_seconds = self._time(sequences)
+        if self.device == "cpu" and dtype == "bf16":
+            for module in self._encoder.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.to(torch.bfloat16)
+            self._autocast = torch.bfloat16
+        else:
+            self._encoder.to(TORCH_DTYPES[dtype])
         fast = fidelity.embed_all(sequences, self.embed, self.pad_id)
+        speedup = fp32_seconds / max(self._time(sequences), 1e-9)
         result = fidelity.compare(f"torch {dtype}", "torch fp32", fast, reference)
-        self.info = replace(self.info, dtype=dtype, fidelity=result)
+        self.info = replace(self.info, dtype=dtype, fidelity=result, speedup=round(speedup, 2))
+
+    def _time(self, sequences: list[TokenIds]) -> float:
+        started = time.perf_counter()
+        fidelity.embed_all(sequences, self.embed, self.pad_id)
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
 
     def release_encoder(self) -> None:
         """Drop the torch encoder weights once another engine runs the forward pass."""
@@ -172,8 +197,13 @@ class TorchBackend(Backend):
         return feats
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        with torch.inference_mode():
+        with torch.inference_mode(), self._precision():
             return self._encoder(self.features(batch))
+
+    def _precision(self):
+        if self._autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.split(":")[0], dtype=self._autocast)
 
     def pool(self, batch: Batch, hidden: dict[str, torch.Tensor]) -> np.ndarray:
         with torch.inference_mode():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -150,9 +150,11 @@ def torch_stub(monkeypatch):
 
 @pytest.fixture
 def device(monkeypatch):
-    """The device `auto` resolves to (CPU unless a test says otherwise), whatever this machine has."""
-    chosen = {"device": "cpu"}
+    """The device `auto` resolves to (CPU unless a test says otherwise), whatever this machine has,
+    and whether that CPU has bf16 matmul instructions (no, unless a test says so)."""
+    chosen = {"device": "cpu", "bf16": False}
     monkeypatch.setattr(factory, "pick_device", lambda asked: chosen["device"] if asked == "auto" else asked)
+    monkeypatch.setattr(factory, "cpu_has_bf16_matmul", lambda: chosen["bf16"])
     return chosen
 
 
@@ -316,3 +318,77 @@ def test_torch_gets_the_device_dtype_and_threads(monkeypatch, torch_stub):
     backend = factory._build("torch", "bf16", "cuda:1", settings(threads=5), MODEL_PATH)
     assert isinstance(backend, TorchStub)
     assert torch_stub.calls == [(MODEL_PATH, {"device": "cuda:1", "threads": 5, "dtype": "bf16"})]
+
+
+# ---- auto on a CPU with bf16 matmuls (AMX / AVX512-BF16) --------------------------------
+
+
+class Bf16Candidate:
+    """TorchBackend(dtype="bf16") as auto sees it: its measured fidelity and speed-up."""
+
+    def __init__(self, min_cosine: float, speedup: float):
+        self.info = replace(
+            FastMode(0.99999, mode="torch bf16").info,
+            fidelity=Fidelity("torch bf16", "torch fp32", 0.99999, min_cosine, 64),
+            speedup=speedup,
+        )
+
+
+@pytest.fixture
+def bf16_torch(monkeypatch, device):
+    """TorchBackend whose bf16 build returns `state["candidate"]` (or raises `state["error"]`)."""
+    device["bf16"] = True
+    state: dict = {"candidate": None, "error": None, "calls": []}
+
+    def torch_backend(path, **kwargs):
+        state["calls"].append(kwargs)
+        if kwargs.get("dtype") == "bf16":
+            if state["error"] is not None:
+                raise state["error"]
+            return state["candidate"]
+        return TorchStub(path, **kwargs)
+
+    monkeypatch.setattr(factory, "TorchBackend", torch_backend)
+    return state
+
+
+def test_auto_on_a_bf16_cpu_serves_bf16_when_it_keeps_the_vectors_and_is_faster(built, bf16_torch):
+    bf16_torch["candidate"] = Bf16Candidate(min_cosine=0.99991, speedup=2.4)
+    backend = build_backend(settings(threads=1), MODEL_PATH)
+    assert backend is bf16_torch["candidate"]
+    assert bf16_torch["calls"] == [{"device": "cpu", "threads": 1, "dtype": "bf16"}]
+    assert built["calls"] == []  # no ONNX graph built for nothing
+
+
+@pytest.mark.parametrize(
+    ("min_cosine", "speedup"), [(0.99989, 2.4), (0.99991, 1.2)], ids=["vectors-move", "not-faster"]
+)
+def test_auto_on_a_bf16_cpu_keeps_fp32_when_bf16_moves_vectors_or_is_not_faster(
+    built, bf16_torch, min_cosine, speedup, caplog
+):
+    bf16_torch["candidate"] = Bf16Candidate(min_cosine, speedup)
+    built["backend"] = FastMode(0.99999999, mode="onnx fp32")
+    with caplog.at_level(logging.INFO, logger="embedserve.backends.factory"):
+        assert build_backend(settings(), MODEL_PATH) is built["backend"]
+    assert built["calls"] == [("onnx", "fp32", "cpu", MODEL_PATH)]
+    assert "auto: fp32" in caplog.text and f"{speedup:.2f}x" in caplog.text
+
+
+def test_auto_on_a_cpu_without_bf16_never_tries_it(built, torch_stub, device):
+    built["backend"] = FastMode(0.99999999, mode="onnx fp32")
+    assert build_backend(settings(), MODEL_PATH) is built["backend"]
+    assert torch_stub.calls == []
+
+
+def test_a_bf16_failure_on_cpu_falls_through_to_fp32(built, bf16_torch):
+    bf16_torch["error"] = RuntimeError("bf16 kernels missing")
+    built["backend"] = FastMode(0.99999999, mode="onnx fp32")
+    assert build_backend(settings(), MODEL_PATH) is built["backend"]
+
+
+@pytest.mark.parametrize("explicit", [{"dtype": "fp32"}, {"backend": "onnx"}, {"backend": "torch"}])
+def test_an_explicit_choice_is_never_swapped_for_bf16(built, bf16_torch, explicit):
+    bf16_torch["candidate"] = Bf16Candidate(min_cosine=0.99999, speedup=3.0)
+    built["backend"] = FastMode(None, mode="onnx fp32")
+    assert build_backend(settings(**explicit), MODEL_PATH) is built["backend"]
+    assert all(call.get("dtype") != "bf16" for call in bf16_torch["calls"])
