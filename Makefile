@@ -34,8 +34,10 @@ integration: install
 test-gpu: install
 	$(BIN)/python -m pytest -q -ra tests/gpu
 
+# Both workloads (see docs/benchmarks.md): texts of 5-40 words drawn evenly, then the STS sentences.
 bench: install
-	$(BIN)/python benchmarks/run.py --rounds 3 --modes "default=;int8=--dtype int8"
+	$(BIN)/python benchmarks/run.py --rounds 3 --lengths uniform --modes "default=;int8=--dtype int8;fp32=--dtype fp32" --out bench-results/uniform.json
+	$(BIN)/python benchmarks/run.py --rounds 3 --lengths sts --modes "default=;int8=--dtype int8;fp32=--dtype fp32" --out bench-results/sts.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
