@@ -341,13 +341,16 @@ def test_the_default_server_runs_the_fastest_mode_that_keeps_fp32_vectors(server
     from embedserve.backends.factory import cpu_has_bf16_matmul
 
     info = httpx.get(server.url + "/model/info").json()
-    if cpu_has_bf16_matmul():  # this machine: AMX; chosen only if measured faster and as close as fp32
-        assert (info["backend"], info["dtype"], info["device"]) == ("torch", "bf16", "cpu")
+    # bf16 only where the CPU has bf16 matmuls and the load-time check passed (on this project's
+    # AMX machine it does: ~2.4x); a noisy machine may measure < 1.5x and keep exact fp32
+    if info["dtype"] == "bf16":
+        assert cpu_has_bf16_matmul()
+        assert (info["backend"], info["device"]) == ("torch", "cpu")
         assert info["fidelity"]["mode"] == "torch bf16" and info["fidelity"]["min_cosine"] >= 0.9999
         assert info["speedup_vs_fp32"] >= 1.5
     else:
         assert (info["backend"], info["dtype"], info["device"]) == ("onnx", "fp32", "cpu")
-        assert info["fidelity"]["mode"] == "onnx fp32" and info["fidelity"]["mean_cosine"] >= 0.9999
+        assert info["fidelity"]["mode"] == "onnx fp32" and info["fidelity"]["min_cosine"] >= 0.99999
 
 
 def test_dtype_fp32_serves_the_exact_onnx_graph(tmp_path, graph_cache):
