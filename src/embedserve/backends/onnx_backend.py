@@ -26,7 +26,6 @@ from embedserve.backends.onnx_export import (
     export_encoder,
     optimize_graph,
     quantize_within_fidelity,
-    uses_fast_gelu,
 )
 from embedserve.backends.torch_backend import TorchBackend, physical_cores
 
@@ -72,8 +71,7 @@ class OnnxBackend(Backend):
         def build(folder: Path) -> None:
             raw, optimized = folder / "raw.onnx", folder / "optimized.onnx"
             export_encoder(self._torch.transformer_model, self._inputs, raw)
-            optimize_graph(raw, optimized, approximate_gelu=True)
-            if uses_fast_gelu(optimized):
+            if optimize_graph(raw, optimized, approximate_gelu=True):
                 exactness = self._graph_fidelity(optimized)
                 if exactness.min_cosine < FP32_GRAPH_MIN_COSINE:
                     log.info("FastGelu moves vectors (min cosine %.6f): keeping the exact GELU", exactness.min_cosine)

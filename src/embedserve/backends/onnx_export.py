@@ -129,7 +129,7 @@ def export_encoder(model: torch.nn.Module, input_names: Sequence[str], out: Path
             model.set_attn_implementation(previous)
 
 
-def optimize_graph(src: Path, dst: Path, *, approximate_gelu: bool = True) -> None:
+def optimize_graph(src: Path, dst: Path, *, approximate_gelu: bool = True) -> bool:
     """Fuse with ONNX Runtime's own transformer-aware optimisers, offline.
 
     EXTENDED level (layer-norm, GELU, bias, MatMul fusions) is hardware-independent, so the
@@ -141,13 +141,13 @@ def optimize_graph(src: Path, dst: Path, *, approximate_gelu: bool = True) -> No
     int8 graph's time; ONNX Runtime's FastGelu (tanh form, vectorised) is exact for models
     trained with it and within cosine 0.99999 for erf-GELU models such as BERT. The caller
     measures the result and rebuilds with approximate_gelu=False if that does not hold.
+    Returns whether any GELU was approximated.
     """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(dst)
     ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
-    if approximate_gelu:
-        _use_fast_gelu(dst)
+    return approximate_gelu and _use_fast_gelu(dst) > 0
 
 
 def _use_fast_gelu(path: Path) -> int:
@@ -163,13 +163,6 @@ def _use_fast_gelu(path: Path) -> int:
     if replaced:
         onnx.save(model, str(path))
     return replaced
-
-
-def uses_fast_gelu(path: Path) -> bool:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return any(node.op_type == "FastGelu" for node in graph.node)
 
 
 def quantize_int8(src: Path, dst: Path, exclude: Sequence[str] = ()) -> None:
