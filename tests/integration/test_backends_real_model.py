@@ -217,6 +217,12 @@ def test_int8_keeps_fidelity(onnx_int8, reference_vectors):
     assert similarity.mean() >= 0.985 and similarity.min() >= 0.95, similarity
 
 
+def test_int8_smooths_the_layer_norm_outputs_of_minilm_and_keeps_every_layer_int8(onnx_int8):
+    # Measured: without smoothing the calibration mean cosine is 0.9928 (STS-B 81.7-81.9 by batch mix).
+    assert onnx_int8.smoothing_alpha == 0.6 and onnx_int8.fp32_layers == []
+    assert onnx_int8.info.fidelity.mean_cosine >= 0.995
+
+
 def spearman(sts: Sts, vectors: dict[str, np.ndarray]) -> float:
     """Spearman x100 of the pairs' cosine similarity against the gold scores."""
     a = normalized(np.stack([vectors[s] for s in sts.first]))

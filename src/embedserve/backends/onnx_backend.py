@@ -19,22 +19,27 @@ import onnxruntime as ort
 import torch
 
 from embedserve.backends import fidelity
-from embedserve.backends.base import Backend, Batch, Fidelity, TokenIds
+from embedserve.backends.base import Backend, Batch, TokenIds
 from embedserve.backends.onnx_export import (
     GraphCache,
     cache_key,
     export_encoder,
+    open_session,
     optimize_graph,
+    quantize_int8,
     quantize_within_fidelity,
+)
+from embedserve.backends.smoothing import (
+    DEFAULT_ALPHA,
+    channel_maxima,
+    layer_norm_fed_inputs,
+    smooth_graph,
 )
 from embedserve.backends.torch_backend import TorchBackend, physical_cores
 
 log = logging.getLogger(__name__)
 
 _GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# The fp32 graph must give the reference's vectors: below this (min cosine on the calibration
-# set) the approximate GELU is dropped and the graph rebuilt with the exact one.
-FP32_GRAPH_MIN_COSINE = 0.99999
 
 
 class OnnxBackend(Backend):
@@ -51,6 +56,7 @@ class OnnxBackend(Backend):
         self._threads = threads or physical_cores()
         self._quantization_target = quantization_target
         self.fp32_layers: list[str] = []
+        self.smoothing_alpha: float | None = None
         key_settings = {"dtype": dtype, "inputs": self._inputs}
         if dtype == "int8":
             key_settings["quantization_target"] = quantization_target  # it decides which layers stay fp32
@@ -71,17 +77,12 @@ class OnnxBackend(Backend):
         def build(folder: Path) -> None:
             raw, optimized = folder / "raw.onnx", folder / "optimized.onnx"
             export_encoder(self._torch.transformer_model, self._inputs, raw)
-            if optimize_graph(raw, optimized, approximate_gelu=True):
-                exactness = self._graph_fidelity(optimized)
-                if exactness.min_cosine < FP32_GRAPH_MIN_COSINE:
-                    log.info("FastGelu moves vectors (min cosine %.6f): keeping the exact GELU", exactness.min_cosine)
-                    optimize_graph(raw, optimized, approximate_gelu=False)
+            optimize_graph(raw, optimized)
             if dtype == "int8":
-                kept = quantize_within_fidelity(
-                    optimized, folder / "model.onnx", self._graph_mean_cosine, self._quantization_target
-                )
-                (folder / "fp32_layers.json").write_text(json.dumps(kept))
-                optimized.unlink()
+                choices = self._quantize(optimized, folder)
+                (folder / "int8.json").write_text(json.dumps(choices))
+                for scratch in (optimized, folder / "smoothed.onnx"):
+                    scratch.unlink(missing_ok=True)
             else:
                 optimized.rename(folder / "model.onnx")
             raw.unlink()
@@ -95,29 +96,53 @@ class OnnxBackend(Backend):
             folder, hit = self.cache.get_or_build(key, build)
             self._session = self._session_for(folder / "model.onnx")
         self._graph_bytes = (folder / "model.onnx").stat().st_size
-        layers = folder / "fp32_layers.json"
-        self.fp32_layers = json.loads(layers.read_text()) if layers.is_file() else []
+        choices_file = folder / "int8.json"
+        choices = json.loads(choices_file.read_text()) if choices_file.is_file() else {}
+        self.fp32_layers = choices.get("fp32_layers", [])
+        self.smoothing_alpha = choices.get("smoothing_alpha")
         return hit
+
+    def _quantize(self, optimized: Path, folder: Path) -> dict:
+        """Write the int8 graph to folder/model.onnx; returns the choices made on the way.
+
+        Smoothing (see backends/smoothing.py) is kept only if the quantised graph comes out
+        closer to the fp32 reference with it than without, on the calibration set; then the
+        layers whose quantisation costs the most may stay fp32 (quantize_within_fidelity).
+        """
+        source, alpha = optimized, None
+        readers = layer_norm_fed_inputs(optimized)
+        if readers:
+            smoothed, probe = folder / "smoothed.onnx", folder / "probe.onnx"
+            maxima = channel_maxima(optimized, readers, (self._feeds(batch) for batch in self._calibration_batches()))
+            smooth_graph(optimized, smoothed, maxima, DEFAULT_ALPHA)
+            quantize_int8(optimized, probe)
+            plain = self._graph_mean_cosine(probe)
+            quantize_int8(smoothed, probe)
+            with_smoothing = self._graph_mean_cosine(probe)
+            probe.unlink()
+            log.info("int8 calibration mean cosine: %.5f plain, %.5f smoothed", plain, with_smoothing)
+            if with_smoothing > plain:
+                source, alpha = smoothed, DEFAULT_ALPHA
+        kept = quantize_within_fidelity(source, folder / "model.onnx", self._graph_mean_cosine, self._quantization_target)
+        return {"smoothing_alpha": alpha, "fp32_layers": kept}
+
+    def _calibration_batches(self) -> list[Batch]:
+        return [
+            Batch.from_ids(self._calibration[start : start + 16], pad_id=self.pad_id)
+            for start in range(0, len(self._calibration), 16)
+        ]
 
     def _embed_calibration(self, embed) -> np.ndarray:
         return fidelity.embed_all(self._calibration, embed, self.pad_id)
 
-    def _graph_fidelity(self, graph: Path) -> Fidelity:
-        """How close a candidate graph's vectors are to the fp32 reference."""
+    def _graph_mean_cosine(self, graph: Path) -> float:
+        """How close a candidate graph's vectors are to the fp32 reference (mean cosine)."""
         session = self._session_for(graph)
         candidate = self._embed_calibration(lambda batch: self.pool(batch, self._run(session, batch)))
-        return fidelity.compare("candidate", "torch fp32", candidate, self._reference)
-
-    def _graph_mean_cosine(self, graph: Path) -> float:
-        return self._graph_fidelity(graph).mean_cosine
+        return fidelity.compare("candidate", "torch fp32", candidate, self._reference).mean_cosine
 
     def _session_for(self, graph: Path) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self._threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        return open_session(graph, self._threads)
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
         return self._torch.tokenize(texts, truncate=truncate)
@@ -133,10 +158,13 @@ class OnnxBackend(Backend):
         return self._run(self._session, batch)
 
     def _run(self, session: ort.InferenceSession, batch: Batch) -> np.ndarray:
+        return session.run(None, self._feeds(batch))[0]
+
+    def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = np.zeros_like(batch.input_ids)
-        return session.run(None, feeds)[0]
+        return feeds
 
     def pool(self, batch: Batch, hidden: np.ndarray) -> np.ndarray:
         features = {

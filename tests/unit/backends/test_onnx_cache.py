@@ -376,23 +376,26 @@ def graph_ops(cache_dir: Path) -> set[str]:
     return {node.op_type for node in onnx.load(str(graph)).graph.node}
 
 
-def test_the_fp32_graph_runs_the_fast_gelu_when_it_keeps_the_vectors(tiny_model, tmp_path):
-    from embedserve.backends.onnx_backend import FP32_GRAPH_MIN_COSINE, OnnxBackend
+def test_the_fp32_graph_runs_the_exact_gelu_unfused_from_its_bias(tiny_model, tmp_path):
+    from embedserve.backends.onnx_backend import OnnxBackend
 
     backend = OnnxBackend(tiny_model, dtype="fp32", cache_dir=tmp_path)
     ops = graph_ops(tmp_path)
-    assert "FastGelu" in ops and "BiasGelu" not in ops
-    assert backend.info.fidelity.min_cosine >= FP32_GRAPH_MIN_COSINE
+    assert "Gelu" in ops and not {"BiasGelu", "FastGelu"} & ops
+    assert backend.info.fidelity.min_cosine >= 0.99999  # exact: the reference's vectors
 
 
-def test_the_exact_gelu_is_kept_when_the_fast_one_moves_the_vectors(tiny_model, tmp_path, monkeypatch):
-    from embedserve.backends import onnx_backend
+def test_sessions_do_not_fuse_the_bias_back_into_the_gelu(tiny_model, tmp_path):
+    import onnx
 
-    monkeypatch.setattr(onnx_backend, "FP32_GRAPH_MIN_COSINE", 1.01)  # nothing approximate passes
-    backend = onnx_backend.OnnxBackend(tiny_model, dtype="fp32", cache_dir=tmp_path)
-    ops = graph_ops(tmp_path)
-    assert "BiasGelu" in ops and "FastGelu" not in ops
-    assert backend.info.fidelity.min_cosine >= 0.99999  # the exact graph: the reference's vectors
+    from embedserve.backends.onnx_backend import OnnxBackend
+    from embedserve.backends.onnx_export import open_session
+
+    OnnxBackend(tiny_model, dtype="fp32", cache_dir=tmp_path)
+    (graph,) = (tmp_path / "onnx").glob("*/model.onnx")
+    open_session(graph, 1, save_optimized=tmp_path / "as-run.onnx")
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "as-run.onnx")).graph.node}
+    assert "Gelu" in ops and "BiasGelu" not in ops
 
 
 def test_int8_quantises_the_optimised_graph(tiny_model, tmp_path):
@@ -400,4 +403,4 @@ def test_int8_quantises_the_optimised_graph(tiny_model, tmp_path):
 
     OnnxBackend(tiny_model, dtype="int8", cache_dir=tmp_path, quantization_target=0.5)
     ops = graph_ops(tmp_path)
-    assert "FastGelu" in ops and ("MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops)
+    assert "Gelu" in ops and ("MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops)
