@@ -12,6 +12,8 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from embedserve import __version__
 from embedserve.api import encode, flask_compat, generator, openai, ops, vectorize
+from embedserve.api.embeddings_lane import PATH as embeddings_lane_path
+from embedserve.api.embeddings_lane import EmbeddingsLane
 from embedserve.api.errors import install_error_handlers
 from embedserve.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from embedserve.api.responses import OrjsonResponse
@@ -39,8 +41,13 @@ def create_app(
     backend_factory: BackendFactory | None = None,
     resolver: ModelResolver | None = None,
     on_load_failure: Callable[[Exception], None] | None = None,
+    embeddings_lane: bool = True,
 ) -> FastAPI:
-    """The app. Models load in the background after start-up so /health answers meanwhile."""
+    """The app. Models load in the background after start-up so /health answers meanwhile.
+
+    embeddings_lane: serve well-formed POST /v1/embeddings past FastAPI (api/embeddings_lane.py);
+    off only in the test that checks both answer alike.
+    """
     metrics = Metrics()
     service = EmbeddingService(
         settings, backend_factory or default_backend_factory(settings), resolver=resolver, observer=metrics
@@ -91,7 +98,11 @@ def create_app(
     app.include_router(encode.router)
     app.include_router(vectorize.router)
     # Outermost last: request id/metrics/log around everything, then CORS, so that even a
-    # 413 from the body limit carries CORS headers a browser needs to read it.
+    # 413 from the body limit carries CORS headers a browser needs to read it; the lane is
+    # innermost, so all of them apply to what it answers.
+    if embeddings_lane:
+        route = next(r for r in openai.router.routes if getattr(r, "path", None) == embeddings_lane_path)
+        app.add_middleware(EmbeddingsLane, state=app.state, route=route)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(
         CORSMiddleware,

@@ -21,6 +21,14 @@ def error_response(status: int, message: str, type_: str, *, param=None, code=No
     return OrjsonResponse(error_body(message, type_, param=param, code=code), status_code=status, headers=headers)
 
 
+def domain_error_response(exc: EmbedServeError) -> OrjsonResponse:
+    """The response for one of our own errors (also used by api/embeddings_lane.py)."""
+    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+    if exc.status >= 500 and not isinstance(exc, NotReady):  # 503 while loading/draining is expected
+        log.error("request failed: %s", exc.message)
+    return error_response(exc.status, exc.message, exc.type, param=exc.param, code=exc.code, headers=headers)
+
+
 def _location(loc: tuple) -> str:
     # Only ints are list indices: a map key such as "123" (POST /embedding ids) stays a key.
     parts = loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc
@@ -55,10 +63,7 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EmbedServeError)
     async def _domain(request: Request, exc: EmbedServeError):
-        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-        if exc.status >= 500 and not isinstance(exc, NotReady):  # 503 while loading/draining is expected
-            log.error("request failed: %s", exc.message)
-        return error_response(exc.status, exc.message, exc.type, param=exc.param, code=exc.code, headers=headers)
+        return domain_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):

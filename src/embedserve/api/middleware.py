@@ -79,7 +79,7 @@ class BodyLimitMiddleware:
         if body is None:
             await self._too_large(send)
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay_body(body, receive), send)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body, or None when it is over the limit."""
@@ -115,7 +115,21 @@ def _header(scope: Scope, name: bytes) -> bytes:
     return b""
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body (inside BodyLimitMiddleware, so already within the limit)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def replay_body(body: bytes, receive: Receive) -> Receive:
+    """A receive() that gives `body` once, as one message, then defers to the real one."""
     sent = False
 
     async def replay() -> Message:

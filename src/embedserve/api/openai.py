@@ -21,6 +21,7 @@ from pydantic import (
 from embedserve.api.compat import service
 from embedserve.api.responses import OrjsonResponse
 from embedserve.engine.model_pool import LoadedModel
+from embedserve.engine.service import EmbeddingService
 from embedserve.models.families import InputType as InputKind
 
 router = APIRouter(tags=["OpenAI"])
@@ -117,21 +118,22 @@ def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[Any]:
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, summary="Create embeddings")
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Any:
-    result = await service(request).embed(
-        body.model, body.inputs(), dimensions=body.dimensions, input_type=body.input_type
-    )
+    return OrjsonResponse(await embeddings_payload(service(request), body))
+
+
+async def embeddings_payload(embedder: EmbeddingService, body: EmbeddingRequest) -> dict:
+    """The response body for a validated request (also served by api/embeddings_lane.py)."""
+    result = await embedder.embed(body.model, body.inputs(), dimensions=body.dimensions, input_type=body.input_type)
     data = [
         {"object": "embedding", "index": i, "embedding": emb}
         for i, emb in enumerate(encode_vectors(result.vectors, body.encoding_format))
     ]
-    return OrjsonResponse(
-        {
-            "object": "list",
-            "data": data,
-            "model": body.model or result.model,
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-        }
-    )
+    return {
+        "object": "list",
+        "data": data,
+        "model": body.model or result.model,
+        "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+    }
 
 
 def model_card(model: LoadedModel) -> dict:
