@@ -68,7 +68,10 @@ def main() -> None:
             else:
                 ids = engine.tokenize(texts, truncate=True)
                 started = time.perf_counter()
-                for batch in plan_batches(ids, max_tokens=args.max_batch_tokens, max_size=args.max_batch_size):
+                plan = plan_batches(
+                    ids, max_tokens=args.max_batch_tokens, max_size=args.max_batch_size, overhead=engine.batch_overhead_tokens
+                )
+                for batch in plan:
                     engine.embed(Batch.from_ids(batch, pad_id=engine.pad_id))
             results[mode].append(len(texts) / (time.perf_counter() - started))
     print(f"{len(texts)} {args.lengths} texts on {args.device}")

@@ -86,6 +86,9 @@ class Backend(ABC):
 
     info: ModelInfo
     pad_id: int = 0
+    # What one more batch costs, in tokens' worth of compute: the batch planner weighs it
+    # against padding (engine/batcher.py). Eager torch pays Python per layer for every batch.
+    batch_overhead_tokens: int = 64
 
     @abstractmethod
     def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:

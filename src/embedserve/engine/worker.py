@@ -172,6 +172,7 @@ class ModelWorker:
                     [i for i in waiting if not i.request.future.done()],
                     max_tokens=self.max_batch_tokens,
                     max_size=self.max_batch_size,
+                    overhead=self.backend.batch_overhead_tokens,
                 )
             if not plan:
                 self._slots.release()

@@ -206,3 +206,16 @@ async def test_a_request_that_never_submits_does_not_hold_the_worker():
     result = await asyncio.wait_for(call(worker, [[1, 5, 2]]), timeout=1)
     assert backend.batch_sizes == [1] and result.shape == (1, 8)
     await worker.close()
+
+
+@pytest.mark.parametrize(("overhead", "batches"), [(1_000, 1), (0, 2)])
+async def test_the_planner_weighs_padding_against_the_backend_s_own_batch_cost(overhead, batches):
+    # Four short inputs and four long ones in one request: one batch pads the short ones to 40
+    # tokens; two batches avoid that. Which is cheaper depends on what a batch costs the backend.
+    backend = FakeBackend()
+    backend.batch_overhead_tokens = overhead
+    worker = make_worker(backend, max_batch_size=16)
+    seqs = [[1, 10, 2]] * 4 + [[1, *range(10, 48), 2]] * 4
+    await call(worker, seqs)
+    assert len(backend.batch_sizes) == batches, backend.batch_sizes
+    await worker.close()
