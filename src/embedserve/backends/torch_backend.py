@@ -205,6 +205,11 @@ class TorchBackend(Backend):
             return contextlib.nullcontext()
         return torch.autocast(self.device.split(":")[0], dtype=self._autocast)
 
+    @property
+    def mean_pooling_only(self) -> bool:
+        """Whether pooling is exactly a masked mean of the token embeddings (nothing after it)."""
+        return self.info.pooling == "mean" and len(self._poolers) == 1
+
     def pool(self, batch: Batch, hidden: dict[str, torch.Tensor]) -> np.ndarray:
         with torch.inference_mode():
             features = hidden
