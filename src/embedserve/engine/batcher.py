@@ -43,22 +43,26 @@ def plan_batches(
     n = len(ordered)
     if n == 0:
         return []
-    lengths = np.fromiter((max(len(item), 1) for item in ordered), dtype=np.int64, count=n)
-    # best[i]: least cost of batching ordered[:i]; cut[i]: where the last batch of that plan starts
+    lengths = [max(len(item), 1) for item in ordered]
+    # best[i]: least cost of batching ordered[:i]; cut[i]: where the last batch of that plan starts.
+    # A last batch ordered[start:end] costs (end - start) * longest + overhead, so the best start
+    # minimises best[start] - start * longest: two array operations per end (this runs on the
+    # event loop for every re-plan, so it is kept to few numpy calls).
     best = np.zeros(n + 1, dtype=np.float64)
-    cut = np.zeros(n + 1, dtype=np.int64)
+    position = np.arange(n + 1, dtype=np.float64)
+    cut = [0] * (n + 1)
     for end in range(1, n + 1):
         longest = lengths[end - 1]
         fit = max(1, min(max_size, max_tokens // longest))  # inputs that fit in one batch here
-        starts = np.arange(max(0, end - fit), end)
-        costs = best[starts] + (end - starts) * longest + overhead
-        pick = int(np.argmin(costs))
-        best[end] = costs[pick]
-        cut[end] = starts[pick]
+        low = max(0, end - fit)
+        scores = best[low:end] - position[low:end] * longest
+        pick = int(scores.argmin())
+        best[end] = scores[pick] + end * longest + overhead
+        cut[end] = low + pick
     batches: list[list[T]] = []
     end = n
     while end > 0:
-        start = int(cut[end])
+        start = cut[end]
         batches.append(ordered[start:end])
         end = start
     batches.reverse()
