@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from embedserve.api.errors import domain_error_response
-from embedserve.api.middleware import read_body, replay_body
+from embedserve.api.middleware import header, read_body, replay_body
 from embedserve.api.openai import EmbeddingRequest, embeddings_payload
 from embedserve.api.responses import OrjsonResponse
 from embedserve.errors import EmbedServeError
@@ -44,7 +44,7 @@ class EmbeddingsLane:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST" or not _json(scope):
             await self.app(scope, receive, send)
             return
-        body = await read_body(receive)
+        body = await read_body(receive) or b""  # no limit here: BodyLimitMiddleware, outside, applied it
         request = _parse(body)
         if request is None:
             await self.app(scope, replay_body(body, receive), send)
@@ -59,11 +59,8 @@ class EmbeddingsLane:
 
 def _json(scope: Scope) -> bool:
     """A JSON content type, as FastAPI reads it: application/json or application/*+json."""
-    for key, value in scope["headers"]:
-        if key == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
-            return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
-    return False
+    media = header(scope, b"content-type").split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
 
 
 def _parse(body: bytes) -> EmbeddingRequest | None:

@@ -41,7 +41,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _header(scope, b"x-request-id").decode("latin-1")[:128] or new_request_id()
+        request_id = header(scope, b"x-request-id").decode("latin-1")[:128] or new_request_id()
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -83,22 +83,10 @@ class BodyLimitMiddleware:
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body, or None when it is over the limit."""
-        declared = _header(scope, b"content-length")
+        declared = header(scope, b"content-length")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             return None
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks)
+        return await read_body(receive, limit=self.max_body_bytes)
 
     async def _too_large(self, send: Send) -> None:
         message = f"request body is larger than the limit of {self.max_body_bytes} bytes"
@@ -108,21 +96,26 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _header(scope: Scope, name: bytes) -> bytes:
+def header(scope: Scope, name: bytes) -> bytes:
+    """The first value of a request header (lower-case name), or b"" when absent."""
     for key, value in scope["headers"]:
         if key == name:
             return value
     return b""
 
 
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body (inside BodyLimitMiddleware, so already within the limit)."""
-    chunks = []
+async def read_body(receive: Receive, *, limit: int | None = None) -> bytes | None:
+    """The whole request body, or None as soon as it grows past `limit`."""
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             break
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            return None
+        chunks.append(chunk)
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
