@@ -115,21 +115,23 @@ class OnnxBackend(Backend):
         closer to the fp32 reference with it than without, on the calibration set; then the
         layers whose quantisation costs the most may stay fp32 (quantize_within_fidelity).
         """
-        source, alpha = optimized, None
+        out = folder / "model.onnx"
+        quantize_int8(optimized, out)
+        source, alpha, mean_cosine = optimized, None, self._graph_mean_cosine(out)
         readers = layer_norm_fed_inputs(optimized)
         if readers:
             smoothed, probe = folder / "smoothed.onnx", folder / "probe.onnx"
             maxima = channel_maxima(optimized, readers, (self._feeds(batch) for batch in self._calibration_batches()))
             smooth_graph(optimized, smoothed, maxima, DEFAULT_ALPHA)
-            quantize_int8(optimized, probe)
-            plain = self._graph_mean_cosine(probe)
             quantize_int8(smoothed, probe)
             with_smoothing = self._graph_mean_cosine(probe)
-            probe.unlink()
-            log.info("int8 calibration mean cosine: %.5f plain, %.5f smoothed", plain, with_smoothing)
-            if with_smoothing > plain:
-                source, alpha = smoothed, DEFAULT_ALPHA
-        kept = quantize_within_fidelity(source, folder / "model.onnx", self._graph_mean_cosine, self._quantization_target)
+            log.info("int8 calibration mean cosine: %.5f plain, %.5f smoothed", mean_cosine, with_smoothing)
+            if with_smoothing > mean_cosine:
+                probe.replace(out)
+                source, alpha, mean_cosine = smoothed, DEFAULT_ALPHA, with_smoothing
+            else:
+                probe.unlink()
+        kept = quantize_within_fidelity(source, out, self._graph_mean_cosine, self._quantization_target, measured=mean_cosine)
         return {"smoothing_alpha": alpha, "fp32_layers": kept}
 
     def _calibration_batches(self) -> list[Batch]:

@@ -232,17 +232,20 @@ def weight_matmuls(path: Path) -> list[str]:
 
 
 def quantize_within_fidelity(
-    src: Path, out: Path, measure: Callable[[Path], float], target: float
+    src: Path, out: Path, measure: Callable[[Path], float], target: float, *, measured: float | None = None
 ) -> list[str]:
     """int8 for every weight MatMul, except those whose quantisation costs the fidelity target.
 
     First everything is quantised; if the mean cosine to the reference stays at or above
     `target`, that's the graph. Otherwise each layer's own cost is measured (only it
     quantised) and the costliest are left in fp32, one by one, until the target holds.
-    Returns the names of the layers left in fp32.
+    Returns the names of the layers left in fp32. `measured`: `out` already holds `src` with
+    every layer quantised, at this mean cosine (so it is not quantised and measured again).
     """
-    quantize_int8(src, out)
-    if measure(out) >= target:
+    if measured is None:
+        quantize_int8(src, out)
+        measured = measure(out)
+    if measured >= target:
         return []
     nodes = weight_matmuls(src)
     cost = {}

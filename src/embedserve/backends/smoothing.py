@@ -31,7 +31,10 @@ def layer_norm_fed_inputs(path: Path) -> dict[str, list[str]]:
     """Tensor name -> the weight MatMuls reading it, for tensors a LayerNormalization writes."""
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
+    return _layer_norm_fed_inputs(onnx.load(str(path), load_external_data=False).graph)
+
+
+def _layer_norm_fed_inputs(graph) -> dict[str, list[str]]:
     constants = {init.name for init in graph.initializer}
     from_layer_norm = {out for node in graph.node if node.op_type == "LayerNormalization" for out in node.output[:1]}
     readers: dict[str, list[str]] = {}
@@ -74,7 +77,7 @@ def smooth_graph(src: Path, dst: Path, maxima: Mapping[str, np.ndarray], alpha: 
 
     model = onnx.load(str(src))
     weights = {init.name: init for init in model.graph.initializer}
-    readers = layer_norm_fed_inputs(src)
+    readers = _layer_norm_fed_inputs(model.graph)
     matmuls = {node.name: node for node in model.graph.node if node.op_type == "MatMul"}
     nodes = []
     smoothed = 0
