@@ -188,9 +188,9 @@ class ModelWorker:
         """Give admitted requests that are still tokenizing a moment to join this batch.
 
         Only waits when such requests exist and few inputs wait, so an idle server answers a
-        lone request at once and bulk load never idles the cores; under concurrent
-        single-input load it turns many batches of 1-2 into fewer, fuller ones (the per-batch
-        cost dominates tiny batches).
+        lone request at once and bulk load never idles the cores. Only requests tokenized in
+        a thread are ever seen "arriving": small ones (engine/service.py) are tokenized and
+        submitted on the event loop without yielding in between.
         """
         deadline = time.perf_counter() + GATHER_WAIT
         while self._arriving > 0 and self._waiting_items() < GATHER_ENOUGH:
