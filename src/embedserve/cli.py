@@ -18,7 +18,7 @@ from embedserve import __version__
 from embedserve.settings import Settings
 
 # Flags whose natural CLI name is singular because they repeat.
-_REPEATED_FLAG = {"models": "model", "cors_origins": "cors-origin"}
+REPEATED_FLAG = {"models": "model", "cors_origins": "cors-origin", "api_keys": "api-key"}
 
 
 def _click_option(name: str, field) -> click.Option:
@@ -30,7 +30,7 @@ def _click_option(name: str, field) -> click.Option:
         origin, args = typing.get_origin(annotation), list(typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType) and len(args) == 1:
         annotation, origin, args = args[0], typing.get_origin(args[0]), list(typing.get_args(args[0]))
-    flag = _REPEATED_FLAG.get(name, name.replace("_", "-"))
+    flag = REPEATED_FLAG.get(name, name.replace("_", "-"))
     env = f"EMBEDSERVE_{name.upper()}"
     default = field.default
     shown = ",".join(default) if isinstance(default, tuple) else default
@@ -63,8 +63,17 @@ def _serve(**flags) -> None:
     try:
         settings = build_settings(**flags)
     except ValidationError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise click.UsageError(settings_error(exc)) from None
     run_server(settings)
+
+
+def settings_error(exc: ValidationError) -> str:
+    """What was wrong, without the values given: pydantic's own text echoes every input, API keys included."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        lines.append(f"{where}: {error['msg']}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
 
 
 def run_server(settings: Settings) -> None:

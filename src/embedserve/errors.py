@@ -51,6 +51,14 @@ class PayloadTooLarge(EmbedServeError):
     code = "payload_too_large"
 
 
+class BodyTimeout(EmbedServeError):
+    """The client did not send its whole body within --body-timeout."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "body_timeout"
+
+
 class Overloaded(EmbedServeError):
     """The model's queue is full: the client should retry after `retry_after` seconds."""
 

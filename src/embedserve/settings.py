@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -31,7 +31,26 @@ class Settings(BaseSettings):
         True, description="Load a model named by a request when it is not loaded yet (first request is slower)."
     )
     max_loaded_models: int = Field(
-        0, ge=0, description="Most models loaded at once; loading one more evicts the least recently used. 0 = no limit."
+        4, ge=0,
+        description="Most models loaded by requests at once; loading one more evicts the least recently used of "
+        "them (start-up models are never evicted by one). 0 = no limit.",
+    )
+    max_models_memory_mib: int = Field(
+        0, ge=0,
+        description="Ceiling on the resident memory of models loaded by requests, in MiB, measured as each model "
+        "loads; past it the least recently used are evicted, and a model that alone exceeds it is refused. "
+        "0 = half the memory this process may use (cgroup limit or physical memory) at start.",
+    )
+    allow_models: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("*",),
+        description="Glob patterns of Hub ids a request may load on demand (e.g. 'sentence-transformers/*,BAAI/*'); "
+        "models under --models-dir and installed model packages are always allowed.",
+    )
+    allow_request_paths: bool = Field(
+        False, description="Let requests name local folders as models (off: only --model takes paths)."
+    )
+    hub_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request waits for the Hugging Face Hub to resolve or download a model."
     )
     models_list_style: Literal["openai", "names"] = Field(
         "openai",
@@ -70,6 +89,16 @@ class Settings(BaseSettings):
     )
     max_inputs: int = Field(2048, ge=1, description="Most inputs in one request; past it, 422.")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest request body; past it, 413.")
+    max_request_tokens: int = Field(
+        300_000, ge=1,
+        description="Most tokens in one request, summed over its inputs after truncation (OpenAI's limit); past "
+        "it, 413.",
+    )
+    request_timeout: float = Field(
+        300.0, ge=0,
+        description="Seconds a request may spend queued plus computing; past it, 503 and its work leaves the "
+        "queue. 0 = no limit.",
+    )
     truncate: bool = Field(
         True, description="Truncate inputs longer than the model's maximum (else 422)."
     )
@@ -80,6 +109,30 @@ class Settings(BaseSettings):
         2, ge=1, le=64,
         description="Inference workers (threads running batches) per model; the cores are shared out between them.",
     )
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (),
+        description="API keys with every scope (embed, admin); repeat --api-key for several. None (and no "
+        "--api-key-file): the server is open.",
+    )
+    api_key_file: Path | None = Field(
+        None,
+        description="File of API keys, one per line, each optionally followed by its scopes "
+        "('sk-abc embed', 'sk-admin embed,admin'; none listed = every scope); re-read on SIGHUP.",
+    )
+    protect_metrics: bool = Field(
+        False, description="Require an API key (any scope) for /metrics too; /health and /ready stay open."
+    )
+    idle_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle keep-alive connection stays open between requests."
+    )
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to send a request's headers before the connection is closed."
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="Seconds a client has to send a request's whole body; past it, 408."
+    )
+    ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM); with --ssl-certfile, serve HTTPS.")
+    ssl_certfile: Path | None = Field(None, description="TLS certificate chain (PEM); with --ssl-keyfile, serve HTTPS.")
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(("*",), description="Allowed CORS origins.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
@@ -87,11 +140,14 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Seconds to finish in-flight requests after SIGTERM."
     )
 
-    @field_validator("models", "cors_origins", mode="before")
+    @field_validator("models", "cors_origins", "allow_models", "api_keys", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
+        """Env: one comma-separated string; flags: repeated, and each may hold commas too."""
         if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
+            value = (value,)
+        if isinstance(value, (tuple, list)) and all(isinstance(v, str) for v in value):
+            return tuple(part.strip() for v in value for part in v.split(",") if part.strip())
         return value
 
     @field_validator("models")
@@ -100,3 +156,9 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one model is required")
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
+            raise ValueError("--ssl-keyfile and --ssl-certfile go together")
+        return self

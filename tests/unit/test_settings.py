@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 from pydantic import ValidationError
 
-from embedserve.cli import app, build_settings
+from embedserve.cli import REPEATED_FLAG, app, build_settings
 from embedserve.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -41,7 +41,7 @@ def test_every_setting_is_a_flag_and_a_readme_row():
     help_text = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
     readme = README.read_text()
     for name in Settings.model_fields:
-        flag = {"models": "--model", "cors_origins": "--cors-origin"}.get(name, "--" + name.replace("_", "-"))
+        flag = "--" + REPEATED_FLAG.get(name, name.replace("_", "-"))
         assert flag in help_text, flag
         env = f"EMBEDSERVE_{name.upper()}"
         assert f"`{env}`" in readme, f"README lacks a row for {env}"

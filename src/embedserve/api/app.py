@@ -103,7 +103,9 @@ def create_app(
     if embeddings_lane:
         route = next(r for r in openai.router.routes if getattr(r, "path", None) == embeddings_lane_path)
         app.add_middleware(EmbeddingsLane, state=app.state, route=route)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),

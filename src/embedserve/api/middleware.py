@@ -7,6 +7,7 @@ a body over the limit is refused with 413 whether it announced its size or strea
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -16,7 +17,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedserve.api.responses import dumps, error_body
-from embedserve.errors import PayloadTooLarge
+from embedserve.errors import BodyTimeout, EmbedServeError, PayloadTooLarge
 from embedserve.metrics import Metrics
 
 access_log = logging.getLogger("embedserve.access")
@@ -67,33 +68,57 @@ class RequestContextMiddleware:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int):
+    """Reads the whole body first: 413 past `max_body_bytes`, 408 when it takes longer than
+    `body_timeout` (a client trickling its body can't hold a request open), nothing at all when
+    the client disconnects before its body is complete (a cut-short body is never run)."""
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout: float = 60.0):
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        body = await self._read_body(scope, receive)
+        declared = header(scope, b"content-length")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._too_large(send)
+            return
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                body = await read_body(receive, limit=self.max_body_bytes)
+        except TimeoutError:
+            await self._timed_out(send)
+            return
+        except ClientDisconnected:
+            return  # nobody to answer, and a partial body must not run
         if body is None:
             await self._too_large(send)
             return
         await self.app(scope, replay_body(body, receive), send)
 
-    async def _read_body(self, scope: Scope, receive: Receive) -> bytes | None:
-        """The whole body, or None when it is over the limit."""
-        declared = header(scope, b"content-length")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            return None
-        return await read_body(receive, limit=self.max_body_bytes)
-
     async def _too_large(self, send: Send) -> None:
         message = f"request body is larger than the limit of {self.max_body_bytes} bytes"
-        body = dumps(error_body(message, PayloadTooLarge.type, code=PayloadTooLarge.code))
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": PayloadTooLarge.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, PayloadTooLarge(message))
+
+    async def _timed_out(self, send: Send) -> None:
+        message = f"request body was not received within {self.body_timeout:g} s"
+        await send_error(send, BodyTimeout(message), close=True)
+
+
+async def send_error(send: Send, exc: EmbedServeError, *, close: bool = False) -> None:
+    """Answer with one of our errors straight from middleware (no FastAPI below it)."""
+    body = dumps(error_body(exc.message, exc.type, param=exc.param, code=exc.code))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request body was complete."""
 
 
 def header(scope: Scope, name: bytes) -> bytes:
@@ -105,12 +130,15 @@ def header(scope: Scope, name: bytes) -> bytes:
 
 
 async def read_body(receive: Receive, *, limit: int | None = None) -> bytes | None:
-    """The whole request body, or None as soon as it grows past `limit`."""
+    """The whole request body, or None as soon as it grows past `limit`.
+
+    Raises ClientDisconnected when the client leaves before the body is complete.
+    """
     chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise ClientDisconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if limit is not None and size > limit:
