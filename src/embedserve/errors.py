@@ -9,18 +9,48 @@ from __future__ import annotations
 
 
 class EmbedServeError(Exception):
-    """Base class. `status` is the HTTP status, `type` the OpenAI error type."""
+    """Base class. `status` is the HTTP status, `type` the OpenAI error type.
+
+    `retry_after` (seconds), when set, becomes a Retry-After header: the state is temporary.
+    """
 
     status = 500
     type = "server_error"
     code: str | None = None
+    retry_after: int | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, retry_after: int | None = None
+    ):
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+
+
+class Unauthorized(EmbedServeError):
+    """No API key, or one the server does not know (OpenAI's answer to a bad key)."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(EmbedServeError):
+    """A valid key without the scope the route declares."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "insufficient_scope"
 
 
 class InvalidInput(EmbedServeError):
@@ -40,9 +70,12 @@ class BadRequest(EmbedServeError):
 
 
 class ModelNotFound(EmbedServeError):
+    """No model by that name here. `detail` (for the server log only) may hold paths."""
+
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+    detail: str | None = None
 
 
 class PayloadTooLarge(EmbedServeError):
@@ -59,24 +92,34 @@ class BodyTimeout(EmbedServeError):
     code = "body_timeout"
 
 
+class TooManyTokens(PayloadTooLarge):
+    """The request's inputs hold more tokens than --max-request-tokens."""
+
+    code = "too_many_tokens"
+
+
 class Overloaded(EmbedServeError):
     """The model's queue is full: the client should retry after `retry_after` seconds."""
 
     status = 429
     type = "rate_limit_error"
     code = "queue_full"
-
-    def __init__(self, message: str, *, retry_after: int = 1):
-        super().__init__(message)
-        self.retry_after = retry_after
+    retry_after = 1
 
 
 class NotReady(EmbedServeError):
-    """Starting up or draining."""
+    """No model can answer now, but one will: starting up, loading, unloaded, restarting, draining."""
 
     status = 503
     type = "server_error"
     code = "not_ready"
+    retry_after = 1
+
+
+class RequestTimeout(NotReady):
+    """Queue wait plus inference took longer than --request-timeout; the work left the queue."""
+
+    code = "request_timeout"
 
 
 class BackendFailure(EmbedServeError):
@@ -88,14 +131,45 @@ class BackendFailure(EmbedServeError):
 
 
 class ModelLoadError(EmbedServeError):
-    """The weights were found but could not be loaded."""
+    """The weights were found but could not be loaded (TEI answers a failed dependency so: 424).
 
-    status = 500
-    type = "server_error"
+    Raised to a request, the message names the model only; the details (paths, the
+    library's own error) go to the server log.
+    """
+
+    status = 424
+    type = "invalid_request_error"
     code = "model_load_failed"
+
+
+class ModelTooLarge(EmbedServeError):
+    """Loading the model would take the request-loaded models past --max-models-memory-mib."""
+
+    status = 507
+    type = "server_error"
+    code = "insufficient_memory"
+
+
+class HubTimeout(EmbedServeError):
+    """The Hugging Face Hub did not answer within --hub-timeout."""
+
+    status = 504
+    type = "server_error"
+    code = "hub_timeout"
+    retry_after = 5
 
 
 class FidelityTooLow(ModelLoadError):
     """A reduced-precision mode's vectors are too far from the fp32 reference."""
 
     code = "fidelity_too_low"
+
+
+def shown(value: str, limit: int = 100) -> str:
+    """A client's string as our messages quote it: cut to `limit` characters, control characters
+    and unpaired surrogates escaped, so no message can be too long, multi-line or unrenderable."""
+    cut = value if len(value) <= limit else value[:limit] + "..."
+    if not cut.isprintable() or not cut.isascii():
+        cut = cut.encode("utf-8", "backslashreplace").decode("utf-8")
+        cut = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in cut)
+    return f"'{cut}'"

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedserve.api.responses import OrjsonResponse, error_body
-from embedserve.errors import EmbedServeError, NotReady, Overloaded
+from embedserve.errors import EmbedServeError
 
 log = logging.getLogger(__name__)
 
@@ -23,10 +23,9 @@ def error_response(status: int, message: str, type_: str, *, param=None, code=No
 
 def domain_error_response(exc: EmbedServeError) -> OrjsonResponse:
     """The response for one of our own errors (also used by api/embeddings_lane.py)."""
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-    if exc.status >= 500 and not isinstance(exc, NotReady):  # 503 while loading/draining is expected
+    if exc.status >= 500 and exc.retry_after is None:  # a 503/504 that passes is expected, not an error
         log.error("request failed: %s", exc.message)
-    return error_response(exc.status, exc.message, exc.type, param=exc.param, code=exc.code, headers=headers)
+    return error_response(exc.status, exc.message, exc.type, param=exc.param, code=exc.code, headers=exc.headers())
 
 
 def _location(loc: tuple) -> str:

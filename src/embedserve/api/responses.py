@@ -22,5 +22,16 @@ class OrjsonResponse(JSONResponse):
 
 
 def error_body(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict:
-    """OpenAI's error shape, used for every error this server returns."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    """OpenAI's error shape, used for every error this server returns. Text that can't be UTF-8
+    (a client's unpaired surrogate quoted back) is escaped, so an error always renders."""
+    return {"error": {"message": renderable(message), "type": type_, "param": renderable(param), "code": code}}
+
+
+def renderable(text: str | None) -> str | None:
+    if text is None or text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
