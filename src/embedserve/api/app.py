@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
@@ -12,11 +13,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from embedserve import __version__
 from embedserve.api import encode, flask_compat, generator, openai, ops, vectorize
-from embedserve.api.embeddings_lane import PATH as embeddings_lane_path
+from embedserve.api.auth import AuthMiddleware, KeyStore
 from embedserve.api.embeddings_lane import EmbeddingsLane
 from embedserve.api.errors import install_error_handlers
-from embedserve.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from embedserve.api.middleware import BodyMiddleware, RequestContextMiddleware
 from embedserve.api.responses import OrjsonResponse
+from embedserve.api.routing import RouteTable, document_security
 from embedserve.engine.model_pool import BackendFactory
 from embedserve.engine.service import EmbeddingService
 from embedserve.metrics import Metrics
@@ -24,6 +26,10 @@ from embedserve.models.registry import ModelResolver
 from embedserve.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# Every route the app serves, one router per API family; the route table middleware matches
+# requests against (api/routing.py) is built from these same route objects.
+ROUTERS = (openai.router, ops.router, flask_compat.router, generator.router, encode.router, vectorize.router)
 
 
 def default_backend_factory(settings: Settings) -> BackendFactory:
@@ -49,6 +55,7 @@ def create_app(
     off only in the test that checks both answer alike.
     """
     metrics = Metrics()
+    keys = KeyStore(settings)  # a bad key file stops start-up here, before any model loads
     service = EmbeddingService(
         settings, backend_factory or default_backend_factory(settings), resolver=resolver, observer=metrics
     )
@@ -68,6 +75,7 @@ def create_app(
     async def lifespan(app: FastAPI):
         loader = asyncio.create_task(load_all())
         app.state.loader = loader
+        reload_keys_on_sighup(keys)
         yield
         app.state.draining = True
         loader.cancel()
@@ -83,29 +91,34 @@ def create_app(
         # hook asked for the global tracer provider on every request (~6% of the event loop
         # under single-sentence traffic) even with none configured.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # Declared in ops.py instead, each with its scope like every other route.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
+    app.state.keys = keys
     app.state.service = service
     app.state.metrics = metrics
     app.state.ready = False
     app.state.draining = False
     app.state.load_error = None
     install_error_handlers(app)
-    app.include_router(openai.router)
-    app.include_router(ops.router)
-    app.include_router(flask_compat.router)
-    app.include_router(generator.router)
-    app.include_router(encode.router)
-    app.include_router(vectorize.router)
-    # Outermost last: request id/metrics/log around everything, then CORS, so that even a
-    # 413 from the body limit carries CORS headers a browser needs to read it; the lane is
-    # innermost, so all of them apply to what it answers.
+    for router in ROUTERS:
+        app.include_router(router)
+    routes = RouteTable([route for router in ROUTERS for route in router.routes])
+    schema = app.openapi
+    app.openapi = lambda: app.openapi_schema or document_security(schema(), settings, keys.enabled)
+
+    # Outermost last: route match, request id, metrics and log around everything, then CORS,
+    # so that even a 401 or a 413 carries the CORS headers a browser needs to read it; then
+    # the key check, before any body is read; the lane is innermost, so all of them apply to
+    # what it answers.
     if embeddings_lane:
-        route = next(r for r in openai.router.routes if getattr(r, "path", None) == embeddings_lane_path)
+        route = next(r for r in openai.router.routes if getattr(r, "endpoint", None) is openai.create_embeddings)
         app.add_middleware(EmbeddingsLane, state=app.state, route=route)
-    app.add_middleware(
-        BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout
-    )
+    app.add_middleware(BodyMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
+    app.add_middleware(AuthMiddleware, keys=keys, protect_metrics=settings.protect_metrics)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
@@ -113,5 +126,14 @@ def create_app(
         allow_headers=["*"],
         expose_headers=["X-Request-Id", "Retry-After"],
     )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, routes=routes)
     return app
+
+
+def reload_keys_on_sighup(keys: KeyStore) -> None:
+    """`kill -HUP` re-reads --api-key-file. Only where the loop runs in the main thread (the
+    server process); an app run by a test client in a thread has no signals to take."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, keys.reload)
+    except (RuntimeError, ValueError, NotImplementedError):
+        log.debug("SIGHUP not available here; API keys reload only at start")

@@ -14,7 +14,9 @@ function as FastAPI's handler. Anything else (another content type, JSON orjson 
 body the model rejects) goes on to FastAPI untouched, which answers it exactly as it always
 has, so the lane changes speed, never answers (tests/unit/api/test_embeddings_lane.py).
 Anything that must hold for every request (authentication, say) therefore belongs in
-middleware outside the lane, not in FastAPI dependencies, which the lane does not run.
+middleware outside the lane, not in FastAPI dependencies, which the lane does not run. The
+lane engages on the route RequestContextMiddleware found for the request in the route table
+(so also behind a reverse proxy's root_path), never on a raw path string.
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ from embedserve.api.errors import domain_error_response
 from embedserve.api.middleware import header, read_body, replay_body
 from embedserve.api.openai import EmbeddingRequest, embeddings_payload
 from embedserve.api.responses import OrjsonResponse
+from embedserve.api.routing import ROUTE
 from embedserve.errors import EmbedServeError
-
-PATH = "/v1/embeddings"
 
 
 class EmbeddingsLane:
@@ -41,10 +42,10 @@ class EmbeddingsLane:
         self.route = route  # the FastAPI route it stands in for: metrics and logs name it
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST" or not _json(scope):
+        if scope["type"] != "http" or scope.get(ROUTE) is not self.route or scope["method"] != "POST" or not _json(scope):
             await self.app(scope, receive, send)
             return
-        body = await read_body(receive) or b""  # no limit here: BodyLimitMiddleware, outside, applied it
+        body = await read_body(receive) or b""  # no limit here: BodyMiddleware, outside, applied it
         request = _parse(body)
         if request is None:
             await self.app(scope, replay_body(body, receive), send)

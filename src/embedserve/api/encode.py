@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, StrictStr
 
 from embedserve.api.compat import Text, embed_texts, service
 from embedserve.api.responses import OrjsonResponse
+from embedserve.api.routing import SERVED, Scope, declare
 
 router = APIRouter(tags=["Sentence embeddings over HTTP"])
 
@@ -44,10 +45,17 @@ class EncodeResponse(BaseModel):
 _SUMMARY = "Embed texts with a loaded model"
 
 
+_DECLARED = declare(Scope.EMBED, *SERVED, body=True)
+
+
 @router.get(
-    "/v1/encode", response_model=EncodeResponse, summary=f"{_SUMMARY} (JSON body on GET)", operation_id="encode_get"
+    "/v1/encode",
+    response_model=EncodeResponse,
+    summary=f"{_SUMMARY} (JSON body on GET)",
+    operation_id="encode_get",
+    **_DECLARED,
 )
-@router.post("/v1/encode", response_model=EncodeResponse, summary=_SUMMARY, operation_id="encode_post")
+@router.post("/v1/encode", response_model=EncodeResponse, summary=_SUMMARY, operation_id="encode_post", **_DECLARED)
 async def encode(body: EncodeRequest, request: Request) -> Any:
     model = service(request).get(body.model)  # 404 when not loaded: no loading on demand here
     result = await embed_texts(request, body.input, field="input", model=model.id)

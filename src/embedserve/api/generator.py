@@ -22,7 +22,9 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from embedserve import __version__
 from embedserve.api.compat import Text, embed_texts, service
+from embedserve.api.ops import DOCS_URL, OPENAPI_URL, REDOC_URL
 from embedserve.api.responses import OrjsonResponse
+from embedserve.api.routing import LOADS, Scope, declare
 from embedserve.engine.model_pool import LoadedModel
 from embedserve.errors import ModelNotFound
 
@@ -81,7 +83,7 @@ def as_model_name_error(exc: ModelNotFound) -> ModelNotFound:
     return ModelNotFound(exc.message, param="model_name", code=exc.code)
 
 
-@router.get("/", summary="API information: version, loaded models, documentation links")
+@router.get("/", summary="API information: version, loaded models, documentation links", **declare(Scope.EMBED))
 async def root(request: Request) -> Any:
     svc, app = service(request), request.app
     default = svc.default_model
@@ -92,14 +94,16 @@ async def root(request: Request) -> Any:
             "description": app.description,
             "default_model": default.id if default else None,
             "models": [m.id for m in svc.models],
-            "docs": app.docs_url,
-            "redoc": app.redoc_url,
-            "openapi": app.openapi_url,
+            "docs": DOCS_URL,
+            "redoc": REDOC_URL,
+            "openapi": OPENAPI_URL,
         }
     )
 
 
-@router.post("/embeddings", summary="Embed a list of texts (Embeddings Generator API)")
+@router.post(
+    "/embeddings", summary="Embed a list of texts (Embeddings Generator API)", **declare(Scope.EMBED, *LOADS, body=True)
+)
 async def generate(body: GenerateRequest, request: Request) -> Any:
     started = time.perf_counter()
     try:
@@ -124,7 +128,7 @@ async def generate(body: GenerateRequest, request: Request) -> Any:
     )
 
 
-@router.get("/model/info", summary="The default model and every loaded model")
+@router.get("/model/info", summary="The default model and every loaded model", **declare(Scope.EMBED, 503))
 async def model_info(request: Request) -> Any:
     svc = service(request)
     # default_model rather than get(): looking must not count as use for LRU eviction.
@@ -132,7 +136,9 @@ async def model_info(request: Request) -> Any:
     return OrjsonResponse({**describe(current), "loaded_models": [describe(m) for m in svc.models]})
 
 
-@router.post("/model/load", summary="Load a model (no-op when it is already loaded)")
+@router.post(
+    "/model/load", summary="Load a model (no-op when it is already loaded)", **declare(Scope.ADMIN, *LOADS)
+)
 async def load_model(
     request: Request,
     model_name: Annotated[str, Query(min_length=1, description="Model id, alias, local folder or Hub id.")],
@@ -149,7 +155,11 @@ async def load_model(
     return OrjsonResponse({"status": "already_loaded" if already else "loaded", **describe(model)})
 
 
-@router.post("/model/unload", summary="Unload a model (the default model when none is named)")
+@router.post(
+    "/model/unload",
+    summary="Unload a model (the default model when none is named)",
+    **declare(Scope.ADMIN, 404, 422, 503),
+)
 async def unload_model(
     request: Request,
     model_name: Annotated[str | None, Query(min_length=1, description="Loaded model id or alias.")] = None,

@@ -1,8 +1,12 @@
 """Plain ASGI middleware (not BaseHTTPMiddleware: these run on every request and must be cheap).
 
-RequestContextMiddleware (outermost): request id, access log, HTTP metrics.
-BodyLimitMiddleware (inside CORS): reads the body up to the limit and replays it to the app;
-a body over the limit is refused with 413 whether it announced its size or streamed.
+Outermost first:
+RequestContextMiddleware: finds the request's route (api/routing.py), request id, access log,
+HTTP metrics; a full queue's 429s are summed up in one log line every few seconds, not one each.
+CORS, then AuthMiddleware (api/auth.py): keys and scopes, before any body is read.
+BodyMiddleware: reads the body up to the limit and replays it to the app: 413 past the limit,
+408 when it takes longer than --body-timeout, nothing when the client leaves mid-body; then,
+while the app works, notices a client that disconnects and stops the request's work.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedserve.api.responses import dumps, error_body
+from embedserve.api.routing import ROUTE, RouteTable
 from embedserve.errors import BodyTimeout, EmbedServeError, PayloadTooLarge
 from embedserve.metrics import Metrics
 
@@ -27,21 +32,53 @@ access_log = logging.getLogger("embedserve.access")
 _ID_PREFIX = os.urandom(6).hex()
 _id_counter = itertools.count(1)
 
+CLIENT_GONE = "embedserve.client_gone"  # set in the ASGI scope when the client left mid-request
+CLIENT_CLOSED_STATUS = 499  # nginx's code for it, in metrics and the access log
+REJECTION_SUMMARY_SECONDS = 10.0
+
 
 def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_id_counter):010x}"
 
 
+class RejectionSummary:
+    """Counts 429s and logs one line per period. Under overload a line per rejected request cost
+    the event loop time the admitted requests needed (and wrote ~1 MB/s of log)."""
+
+    def __init__(self, period: float = REJECTION_SUMMARY_SECONDS):
+        self.period = period
+        self.count = 0
+        self.since = time.monotonic()
+
+    def add(self, now: float) -> None:
+        self.count += 1
+        self.report(now)
+
+    def report(self, now: float) -> None:
+        if self.count and now - self.since >= self.period:
+            access_log.warning(
+                "rejected %d requests with 429 (queue full) in the last %.0f s",
+                self.count, now - self.since, extra={"status": 429, "rejected": self.count},
+            )
+            self.count = 0
+            self.since = now
+        elif not self.count:
+            self.since = now
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics):
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: RouteTable):
         self.app = app
         self.metrics = metrics
+        self.routes = routes
+        self.rejections = RejectionSummary()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        route = scope[ROUTE] = self.routes.match(scope)
         request_id = header(scope, b"x-request-id").decode("latin-1")[:128] or new_request_id()
         status = 500
 
@@ -55,22 +92,34 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            if scope.get(CLIENT_GONE):
+                status = CLIENT_CLOSED_STATUS
             seconds = time.perf_counter() - started
-            self.metrics.http_request(route, scope["method"], status, seconds)
-            access_log.info(
-                "%s %s %d",
-                scope["method"],
-                scope["path"],
-                status,
-                extra={"request_id": request_id, "status": status, "ms": round(seconds * 1000, 2)},
-            )
+            self.metrics.http_request(getattr(route, "path", None) or "unmatched", scope["method"], status, seconds)
+            now = time.monotonic()
+            if status == 429:
+                self.rejections.add(now)
+            else:
+                self.rejections.report(now)
+                access_log.info(
+                    "%s %s %d",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    extra={"request_id": request_id, "status": status, "ms": round(seconds * 1000, 2)},
+                )
 
 
-class BodyLimitMiddleware:
+class BodyMiddleware:
     """Reads the whole body first: 413 past `max_body_bytes`, 408 when it takes longer than
     `body_timeout` (a client trickling its body can't hold a request open), nothing at all when
-    the client disconnects before its body is complete (a cut-short body is never run)."""
+    the client disconnects before its body is complete (a cut-short body is never run).
+
+    Then the app runs while a watcher waits for the client's next message, which can only be
+    `http.disconnect`. If the client leaves before the response has started, the request's task
+    is cancelled: its inputs still waiting in a model's queue are dropped before they are
+    computed (engine/worker.py skips requests whose future is done), and its queue slot is freed.
+    """
 
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout: float = 60.0):
         self.app = app
@@ -96,7 +145,7 @@ class BodyLimitMiddleware:
         if body is None:
             await self._too_large(send)
             return
-        await self.app(scope, replay_body(body, receive), send)
+        await run_until_disconnect(self.app, scope, body, receive, send)
 
     async def _too_large(self, send: Send) -> None:
         message = f"request body is larger than the limit of {self.max_body_bytes} bytes"
@@ -107,10 +156,51 @@ class BodyLimitMiddleware:
         await send_error(send, BodyTimeout(message), close=True)
 
 
+async def run_until_disconnect(app: ASGIApp, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+    """Run `app` on the read `body`; cancel it if the client disconnects before a response starts."""
+    task = asyncio.current_task()
+    responding = False
+
+    async def watch() -> Message:
+        message = await receive()
+        if message["type"] == "http.disconnect" and not responding and task is not None:
+            scope[CLIENT_GONE] = True
+            task.cancel()
+        return message
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    body_sent = False
+
+    async def replay() -> Message:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await asyncio.shield(watcher)  # the app listening for a disconnect hears the same one
+
+    async def tracking_send(message: Message) -> None:
+        nonlocal responding
+        if message["type"] == "http.response.start":
+            responding = True
+        await send(message)
+
+    try:
+        await app(scope, replay, tracking_send)
+    except asyncio.CancelledError:
+        if not scope.get(CLIENT_GONE):
+            raise
+        task.uncancel()  # the cancel was ours: the client is gone, nothing is left to answer
+    finally:
+        if not watcher.done():
+            watcher.cancel()
+
+
 async def send_error(send: Send, exc: EmbedServeError, *, close: bool = False) -> None:
     """Answer with one of our errors straight from middleware (no FastAPI below it)."""
     body = dumps(error_body(exc.message, exc.type, param=exc.param, code=exc.code))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    for name, value in (exc.headers() or {}).items():
+        headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
     if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": exc.status, "headers": headers})

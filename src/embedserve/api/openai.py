@@ -20,6 +20,7 @@ from pydantic import (
 
 from embedserve.api.compat import service
 from embedserve.api.responses import OrjsonResponse
+from embedserve.api.routing import LOADS, Scope, declare
 from embedserve.engine.model_pool import LoadedModel
 from embedserve.engine.service import EmbeddingService
 from embedserve.models.families import InputType as InputKind
@@ -116,7 +117,12 @@ def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[Any]:
     return list(vectors)
 
 
-@router.post("/v1/embeddings", response_model=EmbeddingResponse, summary="Create embeddings")
+@router.post(
+    "/v1/embeddings",
+    response_model=EmbeddingResponse,
+    summary="Create embeddings",
+    **declare(Scope.EMBED, 400, *LOADS, body=True),
+)
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Any:
     return OrjsonResponse(await embeddings_payload(service(request), body))
 
@@ -145,6 +151,7 @@ def model_card(model: LoadedModel) -> dict:
     response_model=ModelList | ModelNameList,
     summary="List served models",
     description="OpenAI's model objects; with `--models-list-style names`, the loaded model ids only.",
+    **declare(Scope.EMBED),
 )
 async def list_models(request: Request) -> Any:
     models = service(request).models
@@ -153,6 +160,11 @@ async def list_models(request: Request) -> Any:
     return OrjsonResponse({"object": "list", "data": [model_card(m) for m in models]})
 
 
-@router.get("/v1/models/{model:path}", response_model=ModelCard, summary="Retrieve a served model")
+@router.get(
+    "/v1/models/{model:path}",
+    response_model=ModelCard,
+    summary="Retrieve a served model",
+    **declare(Scope.EMBED, 404, 422, 503),
+)
 async def get_model(model: Annotated[str, "model id"], request: Request) -> Any:
     return OrjsonResponse(model_card(service(request).get(model)))

@@ -1,30 +1,41 @@
-"""Operational routes: liveness, readiness, Prometheus metrics."""
+"""Operational routes: liveness, readiness, Prometheus metrics, and the API documentation."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from embedserve import __version__
 from embedserve.api.responses import OrjsonResponse
+from embedserve.api.routing import Scope, declare
 from embedserve.errors import NotReady
 
 router = APIRouter(tags=["Operations"])
 
+OPENAPI_URL, DOCS_URL, REDOC_URL = "/openapi.json", "/docs", "/redoc"
+
 
 def server_status(request: Request) -> str:
+    """healthy | loading | draining | error (a start-up load failed, or a model's loop died and is
+    restarting) | unavailable (no model is loaded: every model route answers 503 until one is)."""
     state = request.app.state
     if state.draining:
         return "draining"
     if state.load_error:
         return "error"
-    return "healthy" if state.ready else "loading"
+    if not state.ready:
+        return "loading"
+    models = state.service.models
+    if any(m.worker.failure is not None for m in models):
+        return "error"
+    return "healthy" if models else "unavailable"
 
 
-@router.get("/health", summary="Liveness and loaded models")
+@router.get("/health", summary="Liveness, and the state of the server and of each model", **declare(Scope.OPEN))
 async def health(request: Request) -> Any:
     service = request.app.state.service
     default = service.default_model
@@ -34,19 +45,42 @@ async def health(request: Request) -> Any:
             "version": __version__,
             "model": default.id if default else None,
             "models": [m.id for m in service.models],
+            "model_status": {m.id: "error" if m.worker.failure is not None else "ready" for m in service.models},
         }
     )
 
 
-@router.get("/ready", summary="503 until every model is loaded, and while draining")
+@router.get(
+    "/ready", summary="503 until a model serves, and while any is failing or the server drains", **declare(Scope.OPEN, 503)
+)
 async def ready(request: Request) -> Any:
     status = server_status(request)
     if status != "healthy":
-        detail = f": {request.app.state.load_error}" if status == "error" else ""
+        # The load error itself stays in the server log: it names server paths, and /ready is open.
+        detail = ": a start-up model failed to load; the server log says why" if request.app.state.load_error else ""
         raise NotReady(f"server is {status}{detail}")
     return OrjsonResponse({"status": "ready"})
 
 
-@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+@router.get("/metrics", summary="Prometheus metrics", **declare(Scope.METRICS))
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(OPENAPI_URL, include_in_schema=False, **declare(Scope.EMBED))
+async def openapi(request: Request) -> Any:
+    return OrjsonResponse(request.app.openapi())
+
+
+@router.get(DOCS_URL, include_in_schema=False, response_class=HTMLResponse, **declare(Scope.EMBED))
+async def swagger_ui(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(openapi_url=_root(request) + OPENAPI_URL, title=f"{request.app.title} - Swagger UI")
+
+
+@router.get(REDOC_URL, include_in_schema=False, response_class=HTMLResponse, **declare(Scope.EMBED))
+async def redoc(request: Request) -> HTMLResponse:
+    return get_redoc_html(openapi_url=_root(request) + OPENAPI_URL, title=f"{request.app.title} - ReDoc")
+
+
+def _root(request: Request) -> str:
+    return request.scope.get("root_path", "").rstrip("/")

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, StrictBool
 
 from embedserve.api.compat import Text, embed_texts
 from embedserve.api.responses import OrjsonResponse
+from embedserve.api.routing import SERVED, Scope, declare
 from embedserve.models.families import InputType
 
 router = APIRouter(tags=["Embedding Service (E5/BGE-M3)"])
@@ -44,7 +45,12 @@ def input_type(is_query: bool) -> InputType:
     return "query" if is_query else "document"
 
 
-@router.post("/vectorize", response_model=VectorResponse, summary="Embed one text on the default model")
+@router.post(
+    "/vectorize",
+    response_model=VectorResponse,
+    summary="Embed one text on the default model",
+    **declare(Scope.EMBED, *SERVED, body=True),
+)
 async def vectorize(body: VectorizeRequest, request: Request) -> Any:
     result = await embed_texts(
         request, [body.text], field="text", keys=["text"], input_type=input_type(body.is_query)
@@ -52,7 +58,12 @@ async def vectorize(body: VectorizeRequest, request: Request) -> Any:
     return OrjsonResponse({"vector": result.vectors[0]})
 
 
-@router.post("/vectorize-batch", response_model=VectorsResponse, summary="Embed several texts on the default model")
+@router.post(
+    "/vectorize-batch",
+    response_model=VectorsResponse,
+    summary="Embed several texts on the default model",
+    **declare(Scope.EMBED, *SERVED, body=True),
+)
 async def vectorize_batch(body: VectorizeBatchRequest, request: Request) -> Any:
     result = await embed_texts(request, body.items, field="items", input_type=input_type(body.is_query))
     return OrjsonResponse({"vectors": result.vectors})

@@ -1,0 +1,154 @@
+"""What each route declares (its auth scope, the errors it documents) and which route a request is for.
+
+A route declares its scope where it is declared:
+
+    @router.post("/v1/embeddings", **declare(Scope.EMBED, 404, 413, 422, 429, 503))
+
+`declare` keeps the scope on the route (as the OpenAPI extension `x-embedserve-scope`) and
+documents each error status with OpenAI's error shape. Middleware finds the request's route
+in the app's route table (`RouteTable`) before anything else runs and reads the scope back
+(`route_scope`), so one check holds for every request, whether FastAPI or the embeddings lane
+answers it, and behind a reverse proxy's `root_path` too (Starlette strips it when matching).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+from starlette.routing import BaseRoute, Match
+from starlette.types import Scope as AsgiScope
+
+SCOPE_KEY = "x-embedserve-scope"
+ROUTE = "embedserve.route"  # where the matched route is kept in the ASGI scope
+
+
+class Scope(StrEnum):
+    """What a key must hold to call a route."""
+
+    OPEN = "open"  # never asks for a key: liveness and readiness probes
+    METRICS = "metrics"  # open unless --protect-metrics, then any valid key
+    EMBED = "embed"  # every inference route of every API family, and reading about models
+    ADMIN = "admin"  # changes server state: loading and unloading models
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape, which every error of this server has."""
+
+    error: ErrorDetail
+
+
+_DESCRIPTIONS = {
+    400: "A parameter the model can't honour",
+    401: "No API key, or an unknown one (`invalid_api_key`, with `WWW-Authenticate: Bearer`)",
+    403: "The API key lacks this route's scope (`insufficient_scope`)",
+    404: "No such model here (`model_not_found`)",
+    408: "The request body did not arrive within --body-timeout",
+    413: "Body over --max-body-bytes, or tokens over --max-request-tokens",
+    422: "The body is malformed or its inputs can't be embedded",
+    424: "The model was found but could not be loaded (`model_load_failed`)",
+    429: "The model's queue is full (`queue_full`); retry after `Retry-After` seconds",
+    503: "No model can answer yet: loading, unloaded, restarting, draining or timed out; retry after `Retry-After`",
+    504: "The Hugging Face Hub did not answer within --hub-timeout",
+    507: "The model would take request-loaded models past --max-models-memory-mib",
+}
+_BODY_ERRORS = (408, 413)  # the body reader's answers, on every route that takes a body
+SERVED = (404, 413, 422, 429, 503)  # what a route that embeds with a loaded model can answer
+LOADS = (*SERVED, 424, 504, 507)  # ... and one that may load the model it names first
+
+
+def declare(scope: Scope, *statuses: int, body: bool = False) -> dict[str, Any]:
+    """Keyword arguments for a route decorator: its scope and its documented error answers.
+
+    401/403 come with any scope that can ask for a key; `body=True` adds the body reader's 408/413.
+    """
+    codes = set(statuses)
+    if scope is not Scope.OPEN:
+        codes |= {401, 403}
+    if body:
+        codes |= set(_BODY_ERRORS)
+    responses = {code: {"model": ErrorResponse, "description": _DESCRIPTIONS[code]} for code in sorted(codes)}
+    return {"openapi_extra": {SCOPE_KEY: scope.value}, "responses": responses}
+
+
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>` (or the bare key)"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
+}
+
+
+def document_security(schema: dict[str, Any], settings: Any, keys_enabled: bool) -> dict[str, Any]:
+    """The OpenAPI schema as this server runs: with keys, each guarded operation lists the
+    key schemes (and keeps its 401/403); without keys, nothing asks for one."""
+    guarded = {Scope.EMBED.value, Scope.ADMIN.value} | ({Scope.METRICS.value} if settings.protect_metrics else set())
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            if keys_enabled and operation.get(SCOPE_KEY) in guarded:
+                operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
+            else:
+                for status in ("401", "403"):
+                    operation.get("responses", {}).pop(status, None)
+    if keys_enabled:
+        schema.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
+    return schema
+
+
+def route_scope(route: BaseRoute | None) -> Scope | None:
+    """The scope a route declared, or None when it declared none (or no route matched)."""
+    extra = getattr(route, "openapi_extra", None) or {}
+    value = extra.get(SCOPE_KEY)
+    return Scope(value) if value is not None else None
+
+
+class RouteTable:
+    """Finds a request's route the way Starlette's router will: a full match (path and method)
+    first, else a path-only match (which FastAPI answers 405). Static paths are looked up in a
+    dict; only parametrised ones (`/v1/models/{model:path}`) are matched one by one."""
+
+    def __init__(self, routes: list[BaseRoute]):
+        self.routes = routes
+        self._static: dict[tuple[str, str], BaseRoute] = {}
+        self._static_paths: dict[str, BaseRoute] = {}
+        self._dynamic: list[BaseRoute] = []
+        for route in routes:
+            path, methods = getattr(route, "path", None), getattr(route, "methods", None)
+            if path is None or "{" in path or methods is None:
+                self._dynamic.append(route)
+                continue
+            for method in methods:
+                self._static.setdefault((method, path), route)
+            self._static_paths.setdefault(path, route)
+
+    def match(self, scope: AsgiScope) -> BaseRoute | None:
+        path = _route_path(scope)
+        found = self._static.get((scope["method"], path))
+        if found is not None:
+            return found
+        partial = self._static_paths.get(path)
+        for route in self._dynamic:
+            result, _ = route.matches(scope)
+            if result is Match.FULL:
+                return route
+            if result is Match.PARTIAL and partial is None:
+                partial = route
+        return partial
+
+
+def _route_path(scope: AsgiScope) -> str:
+    """The path the app's routes see: without the reverse proxy's `root_path` prefix (as Starlette strips it)."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if not root or not path.startswith(root):
+        return path
+    if path == root:
+        return ""
+    return path[len(root) :] if path[len(root)] == "/" else path
