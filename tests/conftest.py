@@ -18,7 +18,7 @@ from embedserve.settings import Settings
 class FakeResolver:
     """Resolves any name to a fake folder; names starting with 'missing' are not found."""
 
-    def resolve(self, name: str) -> ResolvedModel:
+    def resolve(self, name: str, **policy) -> ResolvedModel:
         from embedserve.errors import ModelNotFound
 
         if name.startswith("missing"):

@@ -42,7 +42,14 @@ _NETWORK_ERRORS = (ConnectionError, TimeoutError, getattr(hf_errors, "HTTPError"
 
 
 class HubModelNotFound(Exception):
-    """The model could not be resolved from the Hub or the local cache; the message says why."""
+    """The model could not be resolved from the Hub or the local cache; the message says why.
+
+    `public` says the same to a client: no path of this server, no library error text.
+    """
+
+    def __init__(self, message: str, public: str | None = None):
+        super().__init__(message)
+        self.public = public or message
 
 
 def hub_token(env: Mapping[str, str] | None = None) -> str | None:
@@ -82,8 +89,11 @@ def _has_weights(folder: Path, patterns: list[str]) -> bool:
 
 
 def _explain(exc: BaseException, repo_id: str, revision: str | None, offline: bool,
-             cache: Path) -> str:
-    """Turn a huggingface_hub failure into a message that tells the user what to do."""
+             cache: Path | None) -> str:
+    """Turn a huggingface_hub failure into a message that tells the user what to do.
+
+    With `cache=None`, the version a client may read: no path, no library error text.
+    """
     repo = f"{repo_id}@{revision}" if revision else repo_id
     if isinstance(exc, hf_errors.GatedRepoError):  # subclass of RepositoryNotFoundError: first
         return (f"{repo} is a gated repo: accept its terms on https://huggingface.co/"
@@ -96,11 +106,17 @@ def _explain(exc: BaseException, repo_id: str, revision: str | None, offline: bo
     if isinstance(exc, hf_errors.HfHubHTTPError):
         status = getattr(getattr(exc, "response", None), "status_code", None)
         hint = " Set HF_TOKEN to a valid token." if status in (401, 403) else ""
+        if cache is None:
+            return f"{repo}: the Hub answered HTTP {status}.{hint}"
         return f"{repo}: the Hub answered HTTP {status}: {str(exc).rstrip('.')}.{hint}"
     if offline or isinstance(exc, hf_errors.OfflineModeIsEnabled):
+        if cache is None:
+            return f"{repo} is not in the server's local cache and it does not download models (offline mode)."
         return (f"{repo} is not in the local cache at {cache} (or is incomplete there) and "
                 "offline mode is on (HF_HUB_OFFLINE). Unset HF_HUB_OFFLINE to download it, "
                 "or download it once on a machine with network access into that cache.")
+    if cache is None:
+        return f"{repo} could not be downloaded from the Hub and is not in the server's local cache."
     return (f"{repo} could not be downloaded from the Hub and is not in the local cache at "
             f"{cache}: {type(exc).__name__}: {str(exc).rstrip('.')}. "
             "Check the network (or HF_ENDPOINT / proxy).")
@@ -129,10 +145,12 @@ def download_from_hub(repo_id: str, *, revision: str | None = None, token: str |
                 ignore_patterns=_IGNORE_PATTERNS))
         except (hf_errors.HfHubHTTPError, hf_errors.LocalEntryNotFoundError,
                 hf_errors.HFValidationError, *_NETWORK_ERRORS) as exc:
-            raise HubModelNotFound(_explain(exc, repo_id, revision, offline, cache)) from exc
+            raise HubModelNotFound(_explain(exc, repo_id, revision, offline, cache),
+                                   public=_explain(exc, repo_id, revision, offline, None)) from exc
         if _has_weights(folder, weights):
             return folder
     where = "its cached snapshot" if offline else "the repo"
-    raise HubModelNotFound(f"{label}: {where} at {folder} has no *.safetensors or "
-                           "pytorch_model*.bin weights, so torch cannot load it."
-                           + (" Unset HF_HUB_OFFLINE to download them." if offline else ""))
+    hint = " Unset HF_HUB_OFFLINE to download them." if offline else ""
+    weights_text = "has no *.safetensors or pytorch_model*.bin weights, so torch cannot load it."
+    raise HubModelNotFound(f"{label}: {where} at {folder} {weights_text}{hint}",
+                           public=f"{label}: {where} {weights_text}")

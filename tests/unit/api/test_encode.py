@@ -62,10 +62,15 @@ def test_a_model_that_is_not_loaded_is_404_and_stays_unloaded(client, method):
     assert loaded(client) == [MODEL]  # load-on-demand is on, yet nothing was loaded
 
 
-def test_an_unloaded_model_is_404(client):
-    client.post("/model/load", params={"model_name": "org/second"})
-    client.post("/model/unload", params={"model_name": "org/second"})
-    assert_error(client.request("GET", URL, json={"model": "org/second", "input": ["x"]}), 404)
+def test_an_unloaded_model_is_503_with_retry_after(client):
+    """Unloaded is a state that passes (it can be loaded again): 503 with Retry-After, never 404."""
+    assert client.post("/model/load", params={"model_name": "org/second"}).status_code == 200
+    assert client.post("/model/unload", params={"model_name": "org/second"}).status_code == 200
+    r = client.request("GET", URL, json={"model": "org/second", "input": ["x"]})
+    error = assert_error(r, 503)
+    assert error["code"] == "not_ready" and "'org/second' was unloaded" in error["message"]
+    assert int(r.headers["retry-after"]) >= 1
+    assert_error(client.request("GET", URL, json={"model": "org/never-loaded", "input": ["x"]}), 404)
 
 
 @pytest.mark.parametrize(

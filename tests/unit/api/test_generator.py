@@ -241,14 +241,17 @@ def test_load_is_refused_without_load_on_demand(make_client):
     assert r.status_code == 200 and r.json()["status"] == "already_loaded"
 
 
-def test_loading_past_max_loaded_models_evicts_the_least_recently_used(make_client):
+def test_loading_past_max_loaded_models_evicts_a_request_loaded_model_never_the_start_up_one(make_client):
     client = make_client(max_loaded_models=1)
     r = client.post("/model/load", params={"model_name": "org/second"})
     assert r.status_code == 200, r.text
-    assert loaded(client) == ["org/second"]
+    assert loaded(client) == [MODEL, "org/second"]  # the start-up model does not count
+    r = client.post("/model/load", params={"model_name": "org/third"})
+    assert r.status_code == 200, r.text
+    assert loaded(client) == [MODEL, "org/third"]  # org/second, loaded by a request, made room
     info = client.get("/model/info").json()
-    assert info["model_name"] == "org/second" and len(info["loaded_models"]) == 1
-    assert client.get("/health").json()["model"] == "org/second"
+    assert info["model_name"] == MODEL and len(info["loaded_models"]) == 2
+    assert client.get("/health").json()["model"] == MODEL
 
 
 def test_unload_without_a_name_unloads_the_default_model(client):
@@ -259,13 +262,18 @@ def test_unload_without_a_name_unloads_the_default_model(client):
     assert client.get("/model/info").json()["model_name"] == "org/second"
 
 
-def test_with_every_model_unloaded_requests_get_404_not_500(client):
+def test_with_every_model_unloaded_requests_get_503_with_retry_after(client):
+    """No model loaded is a state that passes: 503 with Retry-After (never 404, never 500)."""
     assert client.post("/model/unload").status_code == 200
     assert loaded(client) == []
-    error = assert_error(client.get("/model/info"), 404, code="model_not_found")
-    assert error["message"] == "no model is loaded"
-    assert_error(client.post(URL, json={"texts": ["x"]}), 404, code="model_not_found")
-    assert_error(client.post("/model/unload"), 404, code="model_not_found")
+    for r in (client.get("/model/info"), client.post(URL, json={"texts": ["x"]})):
+        error = assert_error(r, 503, code="not_ready")
+        assert error["message"] == "no model is loaded at the moment; retry shortly"
+        assert int(r.headers["retry-after"]) >= 1
+    assert client.get("/ready").status_code == 503
+    assert client.get("/health").json()["status"] == "unavailable"
+    error = assert_error(client.post("/model/unload"), 404, code="model_not_found")
+    assert error["message"] == "no model is loaded (loaded: none)"
     assert client.post("/model/load", params={"model_name": MODEL}).status_code == 200
     assert client.post(URL, json={"texts": ["x"]}).status_code == 200
 

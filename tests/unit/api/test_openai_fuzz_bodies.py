@@ -89,7 +89,7 @@ WEIRD_BODIES: list[bytes] = [
 
 
 class OneModelResolver:
-    def resolve(self, name: str) -> ResolvedModel:
+    def resolve(self, name: str, **policy) -> ResolvedModel:
         return ResolvedModel(name, Path("/fake") / name, "fake", aliases_for(name))
 
 

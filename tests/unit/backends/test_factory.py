@@ -88,7 +88,7 @@ def test_choose_mode(backend, dtype, device):
     with pytest.raises(ModelLoadError) as caught:
         choose_mode(backend, dtype, device)
     assert caught.value.message.startswith(expected), caught.value.message
-    assert caught.value.status == 500 and caught.value.code == "model_load_failed"
+    assert caught.value.status == 424 and caught.value.code == "model_load_failed"
 
 
 def test_choose_mode_errors_tell_the_user_what_to_do_instead():
@@ -191,7 +191,7 @@ def test_explicit_mode_below_min_fidelity_is_refused(built, torch_stub, explicit
         build_backend(settings(min_fidelity=0.99, **explicit), MODEL_PATH)
     error = caught.value
     assert isinstance(error, ModelLoadError)
-    assert error.status == 500 and error.code == "fidelity_too_low" and error.type == "server_error"
+    assert error.status == 424 and error.code == "fidelity_too_low" and error.type == "invalid_request_error"
     assert str(MODEL_PATH) in error.message
     assert "onnx int8" in error.message and "mean cosine of 0.9500" in error.message
     assert "(min 0.930000)" in error.message and "torch fp32" in error.message
@@ -265,7 +265,7 @@ def test_explicit_mode_whose_build_fails_is_a_load_error(built, torch_stub, expl
     with pytest.raises(ModelLoadError) as caught:
         build_backend(settings(**explicit), MODEL_PATH)
     error = caught.value
-    assert type(error) is ModelLoadError and error.code == "model_load_failed" and error.status == 500
+    assert type(error) is ModelLoadError and error.code == "model_load_failed" and error.status == 424
     backend, dtype = built["calls"][0][:2]
     assert error.message == f"could not run {MODEL_PATH} on {backend} {dtype}: export exploded"
     assert error.__cause__ is cause

@@ -32,7 +32,7 @@ class FakeResolver:
         self.folders = folders or {}
         self.calls: list[str] = []
 
-    def resolve(self, name: str) -> ResolvedModel:
+    def resolve(self, name: str, **policy) -> ResolvedModel:
         self.calls.append(name)
         if name.startswith("missing"):
             raise ModelNotFound(f"model '{name}' could not be found", param="model")
@@ -120,9 +120,9 @@ async def test_on_demand_load_then_served_from_the_pool():
 
 async def test_get_or_load_without_a_name_is_the_default_model_never_a_load():
     pool, factory, _ = make_pool()
-    with pytest.raises(ModelNotFound) as info:
+    with pytest.raises(NotReady) as info:  # no model at all: 503, retryable
         await pool.get_or_load(None)
-    assert info.value.status == 404 and factory.calls == 0
+    assert info.value.status == 503 and info.value.retry_after >= 1 and factory.calls == 0
     first = await pool.get_or_load("org/a")
     await pool.get_or_load("org/b")
     assert await pool.get_or_load(None) is first
@@ -241,8 +241,8 @@ async def test_unload_removes_the_model_and_closes_its_worker():
     assert pool.models == [] and pool.find("org/a") is None
     assert worker_is_closed(model)
     assert model.worker._task is not None and model.worker._task.done()
-    with pytest.raises(ModelNotFound):
-        pool.get("org/a")
+    with pytest.raises(NotReady, match="'a' was unloaded"):  # 503 for a while, not 404
+        pool.get("a")
     # a later request loads it afresh
     reloaded = await pool.get_or_load("org/a")
     assert reloaded is not model and factory.calls == 2
@@ -387,12 +387,14 @@ async def test_a_failed_start_up_does_not_leave_the_pool_starting_forever():
 # ---- failing loads ----------------------------------------------------------------------
 
 
-async def test_a_failing_load_surfaces_the_error_and_a_later_request_retries():
+async def test_a_failing_load_surfaces_the_error_and_a_later_request_retries(caplog):
     pool, factory, _ = make_pool(CountingFactory(fail_first=1))
     with pytest.raises(ModelLoadError) as info:
         await pool.get_or_load("org/a")
-    assert isinstance(info.value, EmbedServeError) and info.value.status == 500
-    assert "injected failure 1" in info.value.message
+    assert isinstance(info.value, EmbedServeError) and info.value.status == 424
+    # the client reads the model's name, the server log the details (which name server paths)
+    assert info.value.message == "model 'org/a' was found but could not be loaded; the server log says why"
+    assert "injected failure 1" in caplog.text and "/fake/org/a" in caplog.text
     assert pool.models == []
     model = await pool.get_or_load("org/a")
     assert model.id == "org/a" and factory.calls == 2
