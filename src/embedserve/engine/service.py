@@ -17,7 +17,7 @@ import numpy as np
 from embedserve.backends.base import TokenIds
 from embedserve.engine.model_pool import BackendFactory, LoadedModel, ModelPool
 from embedserve.engine.worker import EngineObserver
-from embedserve.errors import BadRequest, InvalidInput
+from embedserve.errors import BadRequest, InvalidInput, RequestTimeout, TooManyTokens
 from embedserve.models.families import InputType
 from embedserve.models.registry import ModelResolver
 from embedserve.settings import Settings
@@ -97,13 +97,22 @@ class EmbeddingService:
             )
         prefix = model.prompts.prefix(input_type)
         with model.worker.admit() as admission:
-            if self._small(inputs):  # a thread hop costs more than tokenizing a few sentences
-                sequences = self._tokenize(model, inputs, prefix)
-            else:
-                sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix)
-            tokens = sum(len(s) for s in sequences)
-            self._observer.tokens(model.id, tokens)
-            vectors = await model.worker.embed(sequences, admission)
+            try:
+                async with asyncio.timeout(self.settings.request_timeout or None):
+                    if self._small(inputs):  # a thread hop costs more than tokenizing a few sentences
+                        sequences = self._tokenize(model, inputs, prefix)
+                    else:
+                        sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix)
+                    tokens = sum(len(s) for s in sequences)
+                    self._check_tokens(tokens)
+                    self._observer.tokens(model.id, tokens)
+                    vectors = await model.worker.embed(sequences, admission)
+            except TimeoutError:
+                # The cancelled wait cancelled the request's future: its inputs leave the queue.
+                raise RequestTimeout(
+                    f"the request did not complete within {self.settings.request_timeout:g} s "
+                    f"(--request-timeout); model '{model.id}' is busy, retry later"
+                ) from None
         if dimensions is not None and dimensions < info.dimension:
             vectors = np.ascontiguousarray(vectors[:, :dimensions])
             normalize = True
@@ -111,6 +120,15 @@ class EmbeddingService:
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             vectors = vectors / np.maximum(norms, 1e-12)
         return EmbedResult(model.id, vectors.astype(np.float32, copy=False), tokens)
+
+    def _check_tokens(self, tokens: int) -> None:
+        limit = self.settings.max_request_tokens
+        if tokens > limit:
+            raise TooManyTokens(
+                f"the request's inputs hold {tokens} tokens (after truncation); at most {limit} are allowed "
+                "per request (--max-request-tokens): send them in several requests",
+                param="input",
+            )
 
     @staticmethod
     def _small(inputs: Inputs) -> bool:

@@ -2,11 +2,23 @@
 
 Requests are admitted against a bound (`max_queue`, else Overloaded -> 429) and their
 tokenized inputs join one pool per model. A single worker task plans length-sorted batches
-over everything waiting (from all callers), runs the batch holding the oldest request on a
-dedicated thread, and re-plans whenever new inputs arrived meanwhile. The pool therefore
-stays full under load, batches grow with load by themselves, and inputs of similar length
-from different callers end up padded together. A failing batch fails only its own callers;
-the loop itself never dies.
+over everything waiting (from all callers), runs the most deserving batch on a dedicated
+thread, and re-plans whenever new inputs arrived meanwhile. The pool therefore stays full
+under load, batches grow with load by themselves, and inputs of similar length from
+different callers end up padded together.
+
+Which batch runs next is fair between requests, not first-come-first-served: each request
+is owed the engine from the moment it arrived, and every token of it sent to the engine uses
+up some of that (its "virtual time", `_Request.due`). The batch holding the request that is
+owed the most runs first. A single sentence arriving behind a 2048-input request therefore
+waits for the batches already running, not for the whole big request, and the big one still
+gets its share while small ones keep arriving.
+
+A failing batch fails only its own callers. A request whose caller went away (client
+disconnected, --request-timeout) has a done future: its inputs are skipped when the next
+batch is planned or run. If the loop itself dies (a fault outside any batch), its waiting
+requests fail at once with 503, the worker reports `failure` (/health says error, /ready is
+503, new requests get 503) and the loop is restarted after a short back-off.
 """
 
 from __future__ import annotations
@@ -29,6 +41,8 @@ log = logging.getLogger(__name__)
 
 GATHER_WAIT = 0.002  # seconds a free worker waits for requests that are still tokenizing...
 GATHER_ENOUGH = 16  # ...unless this many inputs already wait: then the batch is worth running now
+RESTART_BACKOFF = (0.5, 30.0)  # seconds before restarting a dead loop: first, and most after doubling
+INITIAL_TOKEN_RATE = 20_000.0  # tokens/s assumed per inference thread until batches have been timed
 
 
 class EngineObserver:
@@ -54,6 +68,10 @@ class _Request:
     remaining: int
     enqueued: float = field(default_factory=time.perf_counter)
     started: bool = False
+    due: float = 0.0  # virtual time: when it arrived plus the engine time its dispatched tokens took
+
+    def __post_init__(self) -> None:
+        self.due = self.enqueued
 
 
 @dataclass(eq=False)
@@ -103,7 +121,13 @@ class ModelWorker:
         # two intra-op threads busy, and one batch's Python work overlaps the other's maths.
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"infer-{name}")
         self._slots = asyncio.Semaphore(threads)
+        self._threads = threads
         self._running: set[asyncio.Task] = set()
+        self._token_rate = INITIAL_TOKEN_RATE  # padded tokens/s of one batch, smoothed
+        # Supervision of the batching loop (see the module docstring).
+        self.failure: BaseException | None = None
+        self._backoff = RESTART_BACKOFF[0]
+        self._restart: asyncio.TimerHandle | None = None
 
     @property
     def depth(self) -> int:
@@ -113,6 +137,31 @@ class ModelWorker:
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+            self._task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task) -> None:
+        """The loop never returns: if it ended other than by close(), it died. Fail what waits, restart."""
+        if self._closing or task.cancelled():
+            return
+        self.failure = task.exception() or RuntimeError("the batching loop stopped")
+        log.error(
+            "batching loop of model %s died (%r); failing its %d waiting inputs, restarting in %.1f s",
+            self.name, self.failure, self._waiting_items(), self._backoff,
+        )
+        self._fail(self._pool + [item for batch in self._plan for item in batch], self._engine_fault())
+        self._pool, self._plan[:] = [], []
+        self._task = None
+        self._restart = asyncio.get_running_loop().call_later(self._backoff, self._restart_loop)
+        self._backoff = min(self._backoff * 2, RESTART_BACKOFF[1])
+
+    def _restart_loop(self) -> None:
+        self._restart = None
+        if not self._closing:
+            log.info("restarting the batching loop of model %s", self.name)
+            self.start()
+
+    def _engine_fault(self) -> NotReady:
+        return NotReady(f"model '{self.name}' had an engine fault and is restarting; retry shortly")
 
     @contextmanager
     def admit(self) -> Iterator[Admission]:
@@ -123,6 +172,8 @@ class ModelWorker:
         """
         if self._closing:
             raise NotReady(f"model '{self.name}' is shutting down")
+        if self.failure is not None:
+            raise self._engine_fault()
         if self._admitted >= self.max_queue:
             raise Overloaded(
                 f"model '{self.name}' has {self._admitted} requests waiting (max {self.max_queue}); retry later"
@@ -156,33 +207,46 @@ class ModelWorker:
 
     async def _loop(self) -> None:
         plan = self._plan
+        alive_since = time.monotonic()
         while True:
             if not self._pool and not plan:
+                self._recovered(alive_since)
                 await self._wake.wait()
             self._wake.clear()
             # Wait for a free inference thread first: whatever arrives meanwhile joins the plan.
             await self._slots.acquire()
-            await self._gather_arrivals()
-            if self._pool:
-                # New arrivals: re-plan everything still waiting, so they can share batches
-                # (and padding lengths) with what was already queued.
-                waiting = [item for batch in plan for item in batch] + self._pool
-                self._pool = []
-                plan[:] = plan_batches(
-                    [i for i in waiting if not i.request.future.done()],
-                    max_tokens=self.max_batch_tokens,
-                    max_size=self.max_batch_size,
-                    overhead=self.backend.batch_overhead_tokens,
-                )
-            if not plan:
+            try:
+                await self._gather_arrivals()
+                batch = self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            if batch is None:
                 self._slots.release()
                 continue
-            # Oldest request first, so a steady stream of short inputs can't starve a long one.
-            oldest = min(range(len(plan)), key=lambda k: min(i.request.enqueued for i in plan[k]))
-            batch = plan.pop(oldest)
             task = asyncio.get_running_loop().create_task(self._guarded(batch))
             self._running.add(task)
             task.add_done_callback(self._batch_finished)
+
+    def _next_batch(self) -> list[_Item] | None:
+        """Re-plan with any new arrivals, then take the batch owed the engine most (None: nothing waits)."""
+        plan = self._plan
+        if self._pool:
+            # New arrivals: re-plan everything still waiting, so they can share batches
+            # (and padding lengths) with what was already queued.
+            waiting = [item for batch in plan for item in batch] + self._pool
+            plan[:] = plan_batches(
+                [i for i in waiting if not i.request.future.done()],
+                max_tokens=self.max_batch_tokens,
+                max_size=self.max_batch_size,
+                overhead=self.backend.batch_overhead_tokens,
+            )
+            self._pool = []  # only once planned: if planning raised, the loop's death fails them all
+        if not plan:
+            return None
+        batch = plan.pop(self._most_owed(plan))
+        self._charge(batch)
+        return batch
 
     async def _gather_arrivals(self) -> None:
         """Give admitted requests that are still tokenizing a moment to join this batch.
@@ -202,6 +266,26 @@ class ModelWorker:
                 await asyncio.wait_for(self._wake.wait(), remaining)
             except TimeoutError:
                 return
+
+    @staticmethod
+    def _most_owed(plan: list[list[_Item]]) -> int:
+        """The batch holding the request with the earliest virtual time (see the module docstring)."""
+        return min(range(len(plan)), key=lambda k: min(item.request.due for item in plan[k]))
+
+    def _charge(self, batch: list[_Item]) -> None:
+        """Advance each request's virtual time by the engine time its share of this batch will take
+        (at the whole engine's rate: all its threads), so a request alone keeps pace with the clock."""
+        seconds_per_input = max(len(item) for item in batch) / (self._token_rate * self._threads)
+        for item in batch:
+            item.request.due += seconds_per_input
+
+    def _recovered(self, alive_since: float) -> None:
+        """The loop reached idle: a restarted one is healthy again; a long healthy run resets the back-off."""
+        if self.failure is not None:
+            log.info("batching loop of model %s is serving again", self.name)
+            self.failure = None
+        if time.monotonic() - alive_since > 60:
+            self._backoff = RESTART_BACKOFF[0]
 
     def _waiting_items(self) -> int:
         return len(self._pool) + sum(len(batch) for batch in self._plan)
@@ -236,7 +320,11 @@ class ModelWorker:
             log.error("inference failed for model %s (batch of %d): %r", self.name, len(batch), exc)
             self._fail(batch, BackendFailure(f"inference failed for model '{self.name}': {exc}"))
             return
-        self.observer.batch_done(self.name, len(batch), sum(len(i) for i in batch), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.observer.batch_done(self.name, len(batch), sum(len(i) for i in batch), seconds)
+        padded = len(batch) * max(len(i) for i in batch)
+        if seconds > 0:
+            self._token_rate = 0.8 * self._token_rate + 0.2 * (padded / seconds)
         for item, vector in zip(batch, vectors, strict=True):
             request = item.request
             if request.future.done():
@@ -261,6 +349,8 @@ class ModelWorker:
     async def close(self, timeout: float = 30.0) -> None:
         """Stop admitting, let admitted requests finish (up to `timeout`), then stop."""
         self._closing = True
+        if self._restart is not None:
+            self._restart.cancel()
         deadline = time.monotonic() + timeout
         while self._admitted and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
