@@ -46,8 +46,23 @@ class FakeBackend(Backend):
         self.pad_id = PAD
         self.delay = delay
         self.batch_sizes: list[int] = []
+        self.batches: list[list[TokenIds]] = []  # the token ids of every batch run, in order
         self.fail_when: Callable[[Batch], bool] | None = None
+        self.kill_loop = False  # set: the next time the batching loop plans, it dies (a fault outside any batch)
+        self._overhead = Backend.batch_overhead_tokens
         self._lock = threading.Lock()
+
+    @property
+    def batch_overhead_tokens(self) -> int:
+        """Read by the worker's loop whenever it plans batches: where a test injects a loop fault."""
+        if self.kill_loop:
+            self.kill_loop = False
+            raise InjectedFault("injected fault in the batching loop")
+        return self._overhead
+
+    @batch_overhead_tokens.setter
+    def batch_overhead_tokens(self, value: int) -> None:
+        self._overhead = value
 
     def _word_id(self, word: str) -> int:
         return 3 + zlib.crc32(word.encode()) % (self.info.vocab_size - 3)
@@ -62,6 +77,7 @@ class FakeBackend(Backend):
     def forward(self, batch: Batch) -> np.ndarray:
         with self._lock:
             self.batch_sizes.append(batch.size)
+            self.batches.append([row[mask == 1].tolist() for row, mask in zip(batch.input_ids, batch.attention_mask)])
         if self.delay:
             time.sleep(self.delay)
         if self.fail_when is not None and self.fail_when(batch):

@@ -7,12 +7,14 @@ thread, and re-plans whenever new inputs arrived meanwhile. The pool therefore s
 under load, batches grow with load by themselves, and inputs of similar length from
 different callers end up padded together.
 
-Which batch runs next is fair between requests, not first-come-first-served: each request
-is owed the engine from the moment it arrived, and every token of it sent to the engine uses
-up some of that (its "virtual time", `_Request.due`). The batch holding the request that is
-owed the most runs first. A single sentence arriving behind a 2048-input request therefore
-waits for the batches already running, not for the whole big request, and the big one still
-gets its share while small ones keep arriving.
+Which batch runs next is fair between requests, not first-come-first-served. Each request has
+a virtual time, `_Request.due`: when it arrived, plus FAIR_WEIGHT times the engine time its
+inputs have used so far (estimated when a batch is sent, corrected when it returns). The batch
+holding the request with the earliest virtual time runs first. A request that has had the
+engine to itself has a virtual time ahead of the clock, so a sentence arriving behind a
+2048-input request waits for the batches already running, not for the whole big request; and
+as the big one's virtual time only runs FAIR_WEIGHT times faster than the engine time it gets,
+it still gets about 1/FAIR_WEIGHT of the engine while small requests keep arriving.
 
 A failing batch fails only its own callers. A request whose caller went away (client
 disconnected, --request-timeout) has a done future: its inputs are skipped when the next
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 GATHER_WAIT = 0.002  # seconds a free worker waits for requests that are still tokenizing...
 GATHER_ENOUGH = 16  # ...unless this many inputs already wait: then the batch is worth running now
 RESTART_BACKOFF = (0.5, 30.0)  # seconds before restarting a dead loop: first, and most after doubling
-INITIAL_TOKEN_RATE = 20_000.0  # tokens/s assumed per inference thread until batches have been timed
+FAIR_WEIGHT = 2.0  # how much faster than the engine time it uses a busy request's virtual time runs
 
 
 class EngineObserver:
@@ -72,6 +74,10 @@ class _Request:
 
     def __post_init__(self) -> None:
         self.due = self.enqueued
+
+
+def _padded(batch: Sequence[_Item]) -> int:
+    return len(batch) * max(len(item) for item in batch)
 
 
 @dataclass(eq=False)
@@ -123,7 +129,7 @@ class ModelWorker:
         self._slots = asyncio.Semaphore(threads)
         self._threads = threads
         self._running: set[asyncio.Task] = set()
-        self._token_rate = INITIAL_TOKEN_RATE  # padded tokens/s of one batch, smoothed
+        self._token_rate: float | None = None  # padded tokens/s of one batch on one thread, smoothed
         # Supervision of the batching loop (see the module docstring).
         self.failure: BaseException | None = None
         self._backoff = RESTART_BACKOFF[0]
@@ -224,7 +230,7 @@ class ModelWorker:
             if batch is None:
                 self._slots.release()
                 continue
-            task = asyncio.get_running_loop().create_task(self._guarded(batch))
+            task = asyncio.get_running_loop().create_task(self._guarded(batch, self._charge(batch)))
             self._running.add(task)
             task.add_done_callback(self._batch_finished)
 
@@ -244,9 +250,7 @@ class ModelWorker:
             self._pool = []  # only once planned: if planning raised, the loop's death fails them all
         if not plan:
             return None
-        batch = plan.pop(self._most_owed(plan))
-        self._charge(batch)
-        return batch
+        return plan.pop(self._most_owed(plan))
 
     async def _gather_arrivals(self) -> None:
         """Give admitted requests that are still tokenizing a moment to join this batch.
@@ -272,12 +276,18 @@ class ModelWorker:
         """The batch holding the request with the earliest virtual time (see the module docstring)."""
         return min(range(len(plan)), key=lambda k: min(item.request.due for item in plan[k]))
 
-    def _charge(self, batch: list[_Item]) -> None:
-        """Advance each request's virtual time by the engine time its share of this batch will take
-        (at the whole engine's rate: all its threads), so a request alone keeps pace with the clock."""
-        seconds_per_input = max(len(item) for item in batch) / (self._token_rate * self._threads)
+    def _charge(self, batch: list[_Item]) -> float:
+        """Advance each request's virtual time by its share of the engine time this batch is
+        expected to take; returns the estimate, corrected by `_settle` once the batch is timed."""
+        estimate = _padded(batch) / self._token_rate if self._token_rate else 0.0
+        self._settle(batch, estimate)
+        return estimate
+
+    def _settle(self, batch: list[_Item], seconds: float) -> None:
+        # One batch holds one of the engine's threads: each input's share is seconds / (threads * inputs).
+        share = FAIR_WEIGHT * seconds / (self._threads * len(batch))
         for item in batch:
-            item.request.due += seconds_per_input
+            item.request.due += share
 
     def _recovered(self, alive_since: float) -> None:
         """The loop reached idle: a restarted one is healthy again; a long healthy run resets the back-off."""
@@ -294,9 +304,9 @@ class ModelWorker:
         self._running.discard(task)
         self._slots.release()
 
-    async def _guarded(self, batch: list[_Item]) -> None:
+    async def _guarded(self, batch: list[_Item], estimate: float) -> None:
         try:
-            await self._run_batch(batch)
+            await self._run_batch(batch, estimate)
         except asyncio.CancelledError:
             self._fail(batch, NotReady(f"model '{self.name}' was unloaded"))
             raise
@@ -304,9 +314,10 @@ class ModelWorker:
             log.exception("batch failed for model %s", self.name)
             self._fail(batch, BackendFailure(f"inference failed: {exc}"))
 
-    async def _run_batch(self, batch: list[_Item]) -> None:
-        batch = [item for item in batch if not item.request.future.done()]
+    async def _run_batch(self, planned: list[_Item], estimate: float) -> None:
+        batch = [item for item in planned if not item.request.future.done()]
         if not batch:
+            self._settle(planned, -estimate)
             return
         started = time.perf_counter()
         for request in {item.request for item in batch}:
@@ -322,9 +333,10 @@ class ModelWorker:
             return
         seconds = time.perf_counter() - started
         self.observer.batch_done(self.name, len(batch), sum(len(i) for i in batch), seconds)
-        padded = len(batch) * max(len(i) for i in batch)
+        self._settle(planned, seconds - estimate)
         if seconds > 0:
-            self._token_rate = 0.8 * self._token_rate + 0.2 * (padded / seconds)
+            rate = _padded(batch) / seconds
+            self._token_rate = rate if self._token_rate is None else 0.8 * self._token_rate + 0.2 * rate
         for item, vector in zip(batch, vectors, strict=True):
             request = item.request
             if request.future.done():
