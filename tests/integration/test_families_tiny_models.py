@@ -7,9 +7,8 @@ or a folder path), the real pool and service. Each served vector is compared wit
 `SentenceTransformer(folder).encode(prefix + text)` gives, and the texts and token ids that
 reached the tokenizer are recorded on the way.
 
-`input_type` is exercised through the service (the engine API every route calls), so these
-tests do not depend on whether /v1/embeddings exposes it yet; one HTTP test checks the route
-when it does.
+`input_type` is exercised through the service (the engine API every route calls); the HTTP
+tests check that /v1/embeddings passes it through.
 """
 
 from __future__ import annotations
@@ -388,19 +387,11 @@ def test_plain_http_request_matches_the_unprefixed_model(client, models_root):
     assert_matches_reference(_folder(models_root, E5), vectors, TEXTS, "")
 
 
-def _route_takes_input_type() -> bool:
-    from embedserve.api import openai
-
-    return "input_type" in getattr(openai.EmbeddingRequest, "model_fields", {})
-
-
 @pytest.mark.parametrize(
     "model, input_type, prefix",
     [(E5, "query", "query: "), (E5, "document", "passage: "), (NOMIC, "query", "search_query: "), (BGE_M3, "query", "")],
 )
 def test_http_input_type(client, models_root, model, input_type, prefix):
-    if not _route_takes_input_type():
-        pytest.skip("/v1/embeddings has no input_type field yet")
     body = post(client, model=model, input=TEXTS, input_type=input_type)
     vectors = np.asarray([d["embedding"] for d in body["data"]], dtype=np.float32)
     folder = models_root / NOMIC if model == NOMIC else _folder(models_root, model)

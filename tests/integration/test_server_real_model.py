@@ -7,6 +7,7 @@ import concurrent.futures as cf
 
 import httpx
 import numpy as np
+import openai
 import pytest
 
 from .conftest import MODEL
@@ -105,7 +106,6 @@ def test_base64_and_dimensions(server, reference_model):
 
 
 def test_openai_client(server, reference_model):
-    openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
     response = client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input=SENTENCES)
     got = np.array([d.embedding for d in response.data], dtype=np.float32)

@@ -10,7 +10,7 @@ import pytest
 
 from embedserve.backends.fake import FakeBackend
 from embedserve.engine.worker import ModelWorker
-from embedserve.errors import BackendFailure, Overloaded
+from embedserve.errors import BackendFailure, NotReady, Overloaded
 
 
 def make_worker(backend: FakeBackend, **kw) -> ModelWorker:
@@ -143,13 +143,23 @@ async def test_cancelled_caller_does_not_break_others():
     await worker.close()
 
 
-async def test_close_finishes_in_flight_requests():
+async def test_close_finishes_in_flight_and_queued_requests_and_refuses_new_ones():
     backend = FakeBackend(delay=0.1)
-    worker = make_worker(backend)
-    pending = asyncio.create_task(call(worker, [[1, 5, 2]]))
-    await asyncio.sleep(0.01)
-    await worker.close(timeout=5)
-    assert (await pending).shape == (1, 8)
+    worker = make_worker(backend, max_batch_size=1)
+    seqs = [[1, 5 + i, 2] for i in range(3)]
+    pending = [asyncio.create_task(call(worker, [s])) for s in seqs]
+    await asyncio.sleep(0.01)  # the first is in flight, two wait behind it
+    closing = asyncio.create_task(worker.close(timeout=5))
+    await asyncio.sleep(0)
+    with pytest.raises(NotReady, match="'m' is shutting down") as refused:
+        with worker.admit():
+            pass
+    assert refused.value.status == 503
+    await asyncio.wait_for(closing, timeout=5)
+    assert all(task.done() for task in pending)  # close returned only once every admitted caller had its answer
+    for seq, task in zip(seqs, pending, strict=True):
+        np.testing.assert_array_equal(task.result(), [backend.vector_for(seq)])
+    assert backend.batch_sizes == [1, 1, 1] and worker.depth == 0
 
 
 async def test_two_inference_workers_run_two_batches_at_once():
@@ -172,14 +182,20 @@ async def test_one_worker_never_overlaps_batches():
 
 
 async def test_unloading_mid_batch_fails_waiting_requests_instead_of_hanging():
-    backend = FakeBackend(delay=0.3)
+    # close() past its timeout cancels the batch in flight and fails everything queued: no caller
+    # gets vectors, every one gets a 503 "was unloaded" at once, not when the stuck batch ends.
+    backend = Tracking(delay=0.5)
     worker = make_worker(backend, max_batch_size=1)
     calls = [asyncio.create_task(call(worker, [[1, 10 + i, 2]])) for i in range(3)]
     await asyncio.sleep(0.05)
+    assert backend.active == 1  # one batch in flight, two requests queued behind it
     await worker.close(timeout=0.01)
     results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=5)
-    assert all(isinstance(r, (np.ndarray, Exception)) for r in results)
-    assert any(isinstance(r, Exception) for r in results)
+    assert backend.active == 1  # the callers got their answer while the batch still ran
+    assert [type(r) for r in results] == [NotReady] * 3, results
+    assert [(r.status, r.code, r.message) for r in results] == [(503, "not_ready", "model 'm' was unloaded")] * 3
+    assert backend.batch_sizes == [1]  # the queued requests never reached the model
+    assert worker.depth == 0
 
 
 async def test_a_free_worker_waits_briefly_for_requests_still_tokenizing():
