@@ -23,7 +23,7 @@ from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from embedserve.api.compat import Text, embed_texts, validate_body
-from embedserve.api.responses import OrjsonResponse
+from embedserve.api.responses import OrjsonResponse, renderable
 from embedserve.api.routing import SERVED, Scope, declare
 
 router = APIRouter(tags=["Flask Sentence Transformer API"])
@@ -48,6 +48,9 @@ class TextMap(RootModel[dict[str, Text]]):
     def _not_empty(cls, value: dict[str, str]) -> dict[str, str]:
         if not value:
             raise ValueError('must map at least one id to a text, e.g. {"id1": "This is the first sentence."}')
+        for key in value:
+            if renderable(key) != key:  # an unpaired surrogate: JSON allows it, the answer could not hold it
+                raise ValueError(f"the id '{renderable(key)}' is not valid Unicode text (it has an unpaired surrogate)")
         return value
 
 
@@ -57,6 +60,14 @@ class KServeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     instances: list[Text] = Field(min_length=1, description="Texts to embed.")
+
+
+class KServeResponse(BaseModel):
+    predictions: list[list[float]]
+
+
+# A map's answer (id -> the vector as a JSON-array string), or KServe's.
+EmbeddingAnswer = dict[str, str] | KServeResponse
 
 
 def is_kserve(body: dict[str, Any]) -> bool:
@@ -70,6 +81,7 @@ def vector_string(row) -> str:
 
 @router.post(
     "/embedding",
+    response_model=EmbeddingAnswer,
     summary="Embed a map of id -> text, or KServe V1 instances, on the default model",
     response_description='`{"id1": "[...]", ...}` for a map; `{"predictions": [[...], ...]}` for instances.',
     **declare(Scope.EMBED, *SERVED, body=True),

@@ -62,9 +62,11 @@ class ModelResolver:
         if paths and (local := local_folder(name)) is not None:
             return ResolvedModel(name, local, "path", aliases_for(name))
         if not is_id and not paths:
+            # Not quoted back: it may be a path, and no answer should read like one of this server's.
             raise ModelNotFound(
-                f"model {shown(name)} is not served here, and it is not a model name: names look like 'name' or "
-                "'org/name' (letters, digits, '-', '_', '.'); folders are not accepted from requests",
+                "the model name given is not served here, and it is not a model name: names look like 'name' or "
+                "'org/name' (letters, digits, '-', '_', '.', at most 96 characters each); folders are not accepted "
+                "from requests",
                 param="model",
             )
         package = find_package(name)
