@@ -7,6 +7,12 @@ around the model, not the model's speed.
 
 from __future__ import annotations
 
-from tests.integration.conftest import ServerProcess, free_port, start_server, stop_server  # noqa: F401
+from tests.integration.conftest import (  # noqa: F401 - fixtures and helpers shared with the integration suite
+    ServerProcess,
+    free_port,
+    reference_model,
+    start_server,
+    stop_server,
+)
 
 FAST_START = ("--backend", "torch", "--dtype", "fp32")
