@@ -4,8 +4,6 @@ settings model itself so the two can never drift apart."""
 from __future__ import annotations
 
 import json
-import signal
-import sys
 import types
 import typing
 import urllib.request
@@ -15,6 +13,7 @@ import click
 from pydantic import ValidationError
 
 from embedserve import __version__
+from embedserve.server import run_server
 from embedserve.settings import Settings
 
 # Flags whose natural CLI name is singular because they repeat.
@@ -74,45 +73,6 @@ def settings_error(exc: ValidationError) -> str:
         where = ".".join(str(part) for part in error["loc"]) or "settings"
         lines.append(f"{where}: {error['msg']}")
     return "invalid settings:\n  " + "\n  ".join(lines)
-
-
-def run_server(settings: Settings) -> None:
-    import uvicorn
-
-    from embedserve.api.app import create_app
-    from embedserve.logs import configure_logging
-
-    configure_logging(settings.log_level, settings.log_format)
-
-    class DrainingServer(uvicorn.Server):
-        """SIGTERM: mark not-ready, stop accepting, finish in-flight requests, exit 0."""
-
-        def handle_exit(self, sig, frame):
-            app.state.draining = True
-            if sig == signal.SIGTERM:
-                self.should_exit = True  # not re-raised afterwards, so the exit code is 0
-                return
-            super().handle_exit(sig, frame)
-
-    failed: list[Exception] = []
-
-    def on_load_failure(exc: Exception) -> None:
-        failed.append(exc)
-        server.should_exit = True
-
-    app = create_app(settings, on_load_failure=on_load_failure)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.graceful_timeout) or None,
-    )
-    server = DrainingServer(config)
-    server.run()
-    if failed:
-        sys.exit(1)
 
 
 def _models(url: str | None) -> None:

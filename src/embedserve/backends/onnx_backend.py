@@ -13,9 +13,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from embedserve.backends import fidelity
@@ -36,6 +36,10 @@ from embedserve.backends.smoothing import (
     smooth_graph,
 )
 from embedserve.backends.torch_backend import TorchBackend, physical_cores
+
+if TYPE_CHECKING:
+    # Imported for real by onnx_export, which first turns ONNX Runtime's telemetry off.
+    import onnxruntime as ort
 
 log = logging.getLogger(__name__)
 

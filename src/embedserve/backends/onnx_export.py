@@ -18,8 +18,20 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import onnxruntime as ort
-import torch
+# ONNX Runtime's official builds start a telemetry uploader (1DS: it resolves
+# mobile.events.data.microsoft.com ~10 s later and keeps retrying) and write a device id and an
+# event store under ~/.cache/Microsoft as soon as the module is *imported*. Only this variable,
+# set before that import, stops all of it; `disable_telemetry_events()` afterwards does not stop
+# the uploader. An environment that sets ORT_DISABLE_TELEMETRY itself keeps its value. This is
+# the one module that imports onnxruntime at import time; onnx_backend.py imports this module
+# before anything else of ONNX Runtime's, and smoothing.py imports onnxruntime lazily, later.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+if os.environ["ORT_DISABLE_TELEMETRY"] == "1":
+    ort.disable_telemetry_events()  # what is left to do if something imported onnxruntime before us
 
 log = logging.getLogger(__name__)
 
