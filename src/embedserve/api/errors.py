@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from embedserve.api.responses import OrjsonResponse, error_body
 from embedserve.errors import EmbedServeError
@@ -59,6 +60,23 @@ def validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return message, where or None
 
 
+def allowed_methods(request: Request) -> str | None:
+    """Every method the request's path answers to, for a 405's `Allow` (None when no route
+    matches). Starlette's own `Allow` lists only the first route on the path, and /v1/encode is
+    two routes, GET and POST."""
+
+    def flatten(routes):
+        for route in routes:
+            inner = getattr(route, "original_router", None)  # how FastAPI keeps an included router
+            yield from flatten(inner.routes) if inner is not None else (route,)
+
+    methods: set[str] = set()
+    for route in flatten(request.app.router.routes):
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods)) or None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EmbedServeError)
     async def _domain(request: Request, exc: EmbedServeError):
@@ -80,10 +98,11 @@ def install_error_handlers(app: FastAPI) -> None:
             )
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route for {request.method} {request.url.path}"
+        headers = exc.headers
+        if exc.status_code == 405 and (allow := allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": allow}
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return error_response(
-            exc.status_code, message, type_, code=_HTTP_CODES.get(exc.status_code), headers=exc.headers
-        )
+        return error_response(exc.status_code, message, type_, code=_HTTP_CODES.get(exc.status_code), headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):

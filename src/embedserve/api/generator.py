@@ -24,7 +24,7 @@ from embedserve import __version__
 from embedserve.api.compat import Text, embed_texts, service
 from embedserve.api.ops import DOCS_URL, OPENAPI_URL, REDOC_URL
 from embedserve.api.responses import OrjsonResponse
-from embedserve.api.routing import LOADS, Scope, declare
+from embedserve.api.routing import LOADING, LOADS, Scope, declare
 from embedserve.engine.model_pool import LoadedModel
 from embedserve.errors import ModelNotFound
 
@@ -45,6 +45,77 @@ class GenerateRequest(BaseModel):
     input_type: Literal["query", "document"] | None = Field(
         None, description="Apply the model's query or document prefix (e.g. E5's `query: `)."
     )
+
+
+class GenerateResponse(BaseModel):
+    embeddings: list[list[float]]
+    model_name: str
+    dimensions: int
+    processing_time: float
+    total_texts: int
+
+
+class Fidelity(BaseModel):
+    mode: str
+    reference: str
+    mean_cosine: float
+    min_cosine: float
+    samples: int
+
+
+class Prefixes(BaseModel):
+    query: str
+    document: str
+    default: str
+    source: str
+
+
+class ModelDescription(BaseModel):
+    """What `describe` says about one loaded model."""
+
+    model_name: str
+    aliases: list[str]
+    source: str
+    dimensions: int
+    max_seq_length: int
+    device: str
+    backend: str
+    dtype: str
+    fidelity: Fidelity | None
+    speedup_vs_fp32: float | None
+    weights_bytes: int | None
+    resident_memory_bytes: int | None
+    pooling: str
+    normalize: bool
+    family: str
+    prefixes: Prefixes
+    load_seconds: float
+    loaded_at: float
+
+
+class ModelInfoResponse(ModelDescription):
+    loaded_models: list[ModelDescription]
+
+
+class LoadResponse(ModelDescription):
+    status: Literal["loaded", "already_loaded"]
+
+
+class UnloadResponse(BaseModel):
+    status: Literal["unloaded"]
+    model_name: str
+    loaded_models: list[str]
+
+
+class ApiInfo(BaseModel):
+    name: str
+    version: str
+    description: str
+    default_model: str | None
+    models: list[str]
+    docs: str
+    redoc: str
+    openapi: str
 
 
 def describe(model: LoadedModel) -> dict[str, Any]:
@@ -83,7 +154,12 @@ def as_model_name_error(exc: ModelNotFound) -> ModelNotFound:
     return ModelNotFound(exc.message, param="model_name", code=exc.code)
 
 
-@router.get("/", summary="API information: version, loaded models, documentation links", **declare(Scope.EMBED))
+@router.get(
+    "/",
+    response_model=ApiInfo,
+    summary="API information: version, loaded models, documentation links",
+    **declare(Scope.EMBED),
+)
 async def root(request: Request) -> Any:
     svc, app = service(request), request.app
     default = svc.default_model
@@ -102,7 +178,10 @@ async def root(request: Request) -> Any:
 
 
 @router.post(
-    "/embeddings", summary="Embed a list of texts (Embeddings Generator API)", **declare(Scope.EMBED, *LOADS, body=True)
+    "/embeddings",
+    response_model=GenerateResponse,
+    summary="Embed a list of texts (Embeddings Generator API)",
+    **declare(Scope.EMBED, *LOADS, body=True),
 )
 async def generate(body: GenerateRequest, request: Request) -> Any:
     started = time.perf_counter()
@@ -128,7 +207,12 @@ async def generate(body: GenerateRequest, request: Request) -> Any:
     )
 
 
-@router.get("/model/info", summary="The default model and every loaded model", **declare(Scope.EMBED, 503))
+@router.get(
+    "/model/info",
+    response_model=ModelInfoResponse,
+    summary="The default model and every loaded model",
+    **declare(Scope.EMBED, 503),
+)
 async def model_info(request: Request) -> Any:
     svc = service(request)
     # default_model rather than get(): looking must not count as use for LRU eviction.
@@ -137,7 +221,10 @@ async def model_info(request: Request) -> Any:
 
 
 @router.post(
-    "/model/load", summary="Load a model (no-op when it is already loaded)", **declare(Scope.ADMIN, *LOADS)
+    "/model/load",
+    response_model=LoadResponse,
+    summary="Load a model (no-op when it is already loaded)",
+    **declare(Scope.ADMIN, *LOADING),
 )
 async def load_model(
     request: Request,
@@ -157,6 +244,7 @@ async def load_model(
 
 @router.post(
     "/model/unload",
+    response_model=UnloadResponse,
     summary="Unload a model (the default model when none is named)",
     **declare(Scope.ADMIN, 404, 422, 503),
 )

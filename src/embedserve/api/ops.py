@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 from embedserve import __version__
 from embedserve.api.responses import OrjsonResponse
@@ -17,6 +18,20 @@ from embedserve.errors import NotReady
 router = APIRouter(tags=["Operations"])
 
 OPENAPI_URL, DOCS_URL, REDOC_URL = "/openapi.json", "/docs", "/redoc"
+
+ServerStatus = Literal["healthy", "loading", "draining", "error", "unavailable"]
+
+
+class HealthResponse(BaseModel):
+    status: ServerStatus
+    version: str
+    model: str | None  # the default model; None while none is loaded
+    models: list[str]
+    model_status: dict[str, Literal["ready", "error"]]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready"]
 
 
 def server_status(request: Request) -> str:
@@ -35,7 +50,12 @@ def server_status(request: Request) -> str:
     return "healthy" if models else "unavailable"
 
 
-@router.get("/health", summary="Liveness, and the state of the server and of each model", **declare(Scope.OPEN))
+@router.get(
+    "/health",
+    response_model=HealthResponse,
+    summary="Liveness, and the state of the server and of each model",
+    **declare(Scope.OPEN),
+)
 async def health(request: Request) -> Any:
     service = request.app.state.service
     default = service.default_model
@@ -51,7 +71,10 @@ async def health(request: Request) -> Any:
 
 
 @router.get(
-    "/ready", summary="503 until a model serves, and while any is failing or the server drains", **declare(Scope.OPEN, 503)
+    "/ready",
+    response_model=ReadyResponse,
+    summary="503 until a model serves, and while any is failing or the server drains",
+    **declare(Scope.OPEN, 503),
 )
 async def ready(request: Request) -> Any:
     status = server_status(request)
@@ -62,7 +85,15 @@ async def ready(request: Request) -> Any:
     return OrjsonResponse({"status": "ready"})
 
 
-@router.get("/metrics", summary="Prometheus metrics", **declare(Scope.METRICS))
+_METRICS = declare(Scope.METRICS)
+# Prometheus's text format, not JSON; its errors (401/403 with --protect-metrics) stay JSON.
+_METRICS["responses"][200] = {
+    "description": "Prometheus text exposition format (`text/plain; version=0.0.4`)",
+    "content": {"text/plain": {"schema": {"type": "string"}}},
+}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response, **_METRICS)
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

@@ -53,16 +53,18 @@ _DESCRIPTIONS = {
     404: "No such model here (`model_not_found`)",
     408: "The request body did not arrive within --body-timeout",
     413: "Body over --max-body-bytes, or tokens over --max-request-tokens",
-    422: "The body is malformed or its inputs can't be embedded",
+    422: "The body or a parameter is malformed, or the inputs can't be embedded",
     424: "The model was found but could not be loaded (`model_load_failed`)",
     429: "The model's queue is full (`queue_full`); retry after `Retry-After` seconds",
+    500: "Inference failed for the batch this request was in (`inference_failed`); other requests are unaffected",
     503: "No model can answer yet: loading, unloaded, restarting, draining or timed out; retry after `Retry-After`",
     504: "The Hugging Face Hub did not answer within --hub-timeout",
     507: "The model would take request-loaded models past --max-models-memory-mib",
 }
 _BODY_ERRORS = (408, 413)  # the body reader's answers, on every route that takes a body
-SERVED = (404, 413, 422, 429, 503)  # what a route that embeds with a loaded model can answer
+SERVED = (404, 413, 422, 429, 500, 503)  # what a route that embeds with a loaded model can answer
 LOADS = (*SERVED, 424, 504, 507)  # ... and one that may load the model it names first
+LOADING = (404, 422, 424, 503, 504, 507)  # what loading a model by name can answer (POST /model/load)
 
 
 def declare(scope: Scope, *statuses: int, body: bool = False) -> dict[str, Any]:

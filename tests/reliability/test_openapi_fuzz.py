@@ -1,0 +1,347 @@
+"""Schemathesis over every operation of the app's own OpenAPI schema, open and with API keys.
+
+For each operation of the schema the app serves at /openapi.json, schemathesis sends its
+schema's examples, its coverage cases (boundary values, missing and wrong-typed fields,
+methods the path doesn't take) and `MAX_EXAMPLES` generated requests, valid and invalid
+alike, and checks every answer: no 5xx, a documented status, a documented content type and
+headers, a body matching the documented schema (OpenAI's error shape for every error),
+invalid data refused, and, with keys, that the operation refuses a missing or wrong key.
+
+The app runs in-process on the fake backend, a fresh one for each operation. Names the
+fuzzer makes up reach only `FuzzResolver`, which knows two names and answers 404 for every
+other, so nothing here can reach the network. Generation is derandomised: CI sees the same
+requests on every run, and a failure reproduces locally (schemathesis prints a curl line).
+
+Not enabled: `positive_data_acceptance` (a request the schema allows must be accepted). The
+server refuses (422/400), by design, inputs JSON Schema can't describe: token ids outside
+the model's vocabulary, `input_type` with token ids, more `dimensions` than the model has,
+`880.0` for a strict integer, unpaired surrogates. The stateful phase has no links to follow.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.python import asgi
+
+from embedserve.api.app import create_app
+from embedserve.backends.fake import FakeBackend
+from embedserve.errors import ModelNotFound, shown
+from embedserve.models.registry import ResolvedModel, aliases_for
+from embedserve.settings import Settings
+
+MODEL = "org/fake-model"  # served from start-up
+OTHER = "org/other-model"  # known to the resolver, loaded only on request
+KEY = "sk-test"
+# Generated requests per operation (fuzzing phase; examples and coverage cases come on top).
+# For a deeper local run: FUZZ_EXAMPLES=1000 FUZZ_SEED=7 (a seed turns derandomisation off).
+MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
+SEED = os.environ.get("FUZZ_SEED")
+
+# Every built-in response check schemathesis has for one request, except positive_data_acceptance
+# (see the module docstring). The stateful ones (use_after_free, ...) need the stateful phase.
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+    "negative_data_rejection",
+    "missing_required_header",
+    "ignored_auth",
+    "unsupported_method",
+    "allow_header_conformance",
+)
+
+
+class FuzzResolver:
+    """Knows MODEL and OTHER; any other name is not found (404), as a real server's unknown
+    name would be. Never the Hub resolver: no name the fuzzer makes up can reach the network."""
+
+    def resolve(self, name: str, **policy) -> ResolvedModel:
+        if name not in (MODEL, OTHER):
+            raise ModelNotFound(f"model {shown(name)} could not be found", param="model")
+        return ResolvedModel(name, Path("/fake") / name, "fake", aliases_for(name))
+
+
+def make_app(keys: bool, **overrides):
+    settings = Settings(models=(MODEL,), api_keys=(KEY,) if keys else (), **overrides)
+    return create_app(settings, backend_factory=lambda path: FakeBackend(), resolver=FuzzResolver())
+
+
+def fuzz_config(keys: bool) -> schemathesis.Config:
+    data: dict[str, Any] = {
+        "seed": int(SEED or 20240601),
+        "generation": {
+            "mode": "all",  # valid and invalid requests
+            "max-examples": MAX_EXAMPLES,
+            "deterministic": SEED is None,
+            "database": "none",
+        },
+        "phases": {"stateful": {"enabled": False}},
+        "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
+    }
+    if keys:  # both of the schema's security schemes, with the one key
+        data["auth"] = {"openapi": {"bearer": {"bearer": KEY}, "apiKey": {"api_key": KEY}}}
+    return schemathesis.Config.from_dict(data)
+
+
+async def stray(scope, receive, send):
+    """The schema's own app: every request goes to the `Served` app of its test instead (`run`
+    passes it), so anything that reaches this one is a mistake, and fails its check loudly."""
+    if scope["type"] != "http":
+        raise RuntimeError("no lifespan")  # before receive(): "lifespan not supported"
+    await send({"type": "http.response.start", "status": 599, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"sent to the schema's app, not the app under test"})
+
+
+def load_schema(keys: bool, **overrides):
+    """The schema the app serves at /openapi.json (`test_the_fuzzed_schema_is_the_served_one`)."""
+    schema = schemathesis.openapi.from_dict(make_app(keys, **overrides).openapi(), config=fuzz_config(keys))
+    schema.app = stray
+    return schema
+
+
+open_schema = load_schema(keys=False)
+keyed_schema = load_schema(keys=True)
+protected_metrics_schema = load_schema(keys=True, protect_metrics=True).include(path="/metrics")
+
+
+class Counted:
+    """The app, counting the status of every response it sends (schemathesis's probes included)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.statuses: Counter[int] = Counter()
+
+    async def __call__(self, scope, receive, send):
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                self.statuses[message["status"]] += 1
+            await send(message)
+
+        await self.app(scope, receive, counting_send if scope["type"] == "http" else send)
+
+
+@dataclass
+class Served:
+    keys: bool
+    overrides: dict[str, Any] = field(default_factory=dict)
+    app: Counted | None = None
+    client: asgi.ASGIClient | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> Served:
+        self.app = Counted(make_app(self.keys, **self.overrides))
+        self.headers = {"Authorization": f"Bearer {KEY}"} if self.keys else {}
+        self.client = asgi.get_client(self.app)
+        self.client.__enter__()  # starts the app's lifespan until `stop`; the model loads in the background
+        deadline = time.monotonic() + 10
+        while self.client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline, "the app never became ready"
+            time.sleep(0.01)
+        self.app.statuses.clear()
+        return self
+
+    def keep_default_model(self) -> None:
+        """After the fuzzer unloaded the default model, load it again, so the rest of the
+        operation's requests meet a serving app rather than 503/404 only."""
+        if self.app.app.state.service.pool.find(MODEL) is None:
+            response = self.client.post("/model/load", params={"model_name": MODEL}, headers=self.headers)
+            assert response.status_code == 200, response.text
+
+    def stop(self, label: str) -> None:
+        asgi.shutdown_lifespans()
+        # Never skipped, never vacuous: the operation was really called.
+        statuses = self.app.statuses
+        assert sum(statuses.values()) > 0, f"{label}: no request was sent"
+        assert all(status < 500 for status in statuses), (label, dict(statuses))  # probes' answers too
+        REQUESTS[label] = statuses
+
+
+REQUESTS: dict[str, Counter[int]] = {}
+
+
+def _served(request, keys: bool, **overrides):
+    served = Served(keys, overrides).start()
+    yield served
+    served.stop(request.node.name)
+
+
+@pytest.fixture
+def open_app(request):
+    yield from _served(request, keys=False)
+
+
+@pytest.fixture
+def keyed_app(request):
+    yield from _served(request, keys=True)
+
+
+@pytest.fixture
+def protected_metrics_app(request):
+    yield from _served(request, keys=True, protect_metrics=True)
+
+
+def run(case, served: Served) -> None:
+    case.call_and_validate(app=served.app)
+    if case.operation.path == "/model/unload":
+        served.keep_default_model()
+
+
+# The fixture is per operation (one app per operation, for all of its examples): deliberate.
+FIXTURE_PER_OPERATION = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@open_schema.parametrize()
+@FIXTURE_PER_OPERATION
+def test_fuzz_every_operation_open_server(case, open_app):
+    run(case, open_app)
+
+
+@keyed_schema.parametrize()
+@FIXTURE_PER_OPERATION
+def test_fuzz_every_operation_with_api_keys(case, keyed_app):
+    run(case, keyed_app)
+
+
+@protected_metrics_schema.parametrize()
+@FIXTURE_PER_OPERATION
+def test_fuzz_metrics_with_protect_metrics(case, protected_metrics_app):
+    run(case, protected_metrics_app)
+
+
+# ---- one valid request per operation, so each success body is checked against its schema ----
+
+SUCCESS = [  # (operation, request), in order: OTHER is loaded before it is unloaded
+    ("POST /v1/embeddings", {"body": {"input": ["hello world", "again"], "model": MODEL}}),
+    ("POST /v1/embeddings", {"body": {"input": [[5, 6, 7]], "encoding_format": "base64", "dimensions": 4}}),
+    ("GET /v1/models", {}),
+    ("GET /v1/models/{model}", {"path_parameters": {"model": MODEL}}),
+    ("GET /health", {}),
+    ("GET /ready", {}),
+    ("GET /metrics", {}),
+    ("POST /embedding", {"body": {"id1": "hello world", "id2": "again"}}),
+    ("POST /embedding", {"body": {"instances": ["hello world"]}}),
+    ("GET /", {}),
+    ("POST /embeddings", {"body": {"texts": ["hello"], "model_name": MODEL, "normalize": False}}),
+    ("GET /model/info", {}),
+    ("POST /model/load", {"query": {"model_name": OTHER}}),
+    ("POST /model/load", {"query": {"model_name": OTHER}}),  # already loaded
+    ("POST /model/unload", {"query": {"model_name": OTHER}}),
+    ("GET /v1/encode", {"body": {"model": "fake-model", "input": ["iPhone", "Samsung"]}}),
+    ("POST /v1/encode", {"body": {"input": ["iPhone"]}}),
+    ("POST /vectorize", {"body": {"text": "hello", "is_query": True}}),
+    ("POST /vectorize-batch", {"body": {"items": ["a", "b"]}}),
+]
+
+
+def operations(schema) -> dict[str, Any]:
+    found = {}
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        found[operation.label] = operation
+    return found
+
+
+@pytest.mark.parametrize("keys", [False, True], ids=["open", "keyed"])
+def test_a_valid_request_to_every_operation_succeeds_as_documented(keys):
+    schema = keyed_schema if keys else open_schema
+    by_label = operations(schema)
+    assert {label for label, _ in SUCCESS} == set(by_label), "add the new operation to SUCCESS"
+    served = Served(keys).start()
+    try:
+        for label, parts in SUCCESS:
+            case = by_label[label].Case(headers=dict(served.headers), **parts)
+            response = case.call_and_validate(app=served.app)
+            assert 200 <= response.status_code < 300, (label, response.status_code, response.text)
+    finally:
+        served.stop(f"{'keyed' if keys else 'open'} success")
+
+
+def test_the_fuzzed_schema_is_the_served_one():
+    for keys, schema in ((False, open_schema), (True, keyed_schema)):
+        served = Served(keys).start()
+        try:
+            response = served.client.get("/openapi.json", headers=served.headers)
+            assert response.status_code == 200
+            assert response.json() == schema.raw_schema
+        finally:
+            served.stop(f"{'keyed' if keys else 'open'} openapi.json")
+
+
+# ---- the schema documents every error an operation can answer -------------------------------
+
+# What each operation can answer beyond what its shape implies (401/403 for a guarded one;
+# 408/413/422 for one with a body; 422 for one with parameters). From the code: 404 for a model
+# name that isn't served, 503 while no model can answer, 429 for a full queue, 500 for a failed
+# inference batch, 400 for `dimensions`, 424/504/507 for loading a model by name.
+EMBEDS = {413, 422, 429, 500, 503}
+CAN_ANSWER: dict[str, set[int]] = {
+    "POST /v1/embeddings": EMBEDS | {400, 404, 424, 504, 507},
+    "GET /v1/models": set(),
+    "GET /v1/models/{model}": {404, 503},
+    "GET /health": set(),
+    "GET /ready": {503},
+    "GET /metrics": set(),
+    "POST /embedding": EMBEDS,
+    "GET /": set(),
+    "POST /embeddings": EMBEDS | {404, 424, 504, 507},
+    "GET /model/info": {503},
+    "POST /model/load": {404, 422, 424, 503, 504, 507},
+    "POST /model/unload": {404, 422},
+    "GET /v1/encode": EMBEDS | {404},
+    "POST /v1/encode": EMBEDS | {404},
+    "POST /vectorize": EMBEDS,
+    "POST /vectorize-batch": EMBEDS,
+}
+ERROR_REF = "#/components/schemas/ErrorResponse"
+
+
+def walk(schema: dict):
+    for path, item in schema["paths"].items():
+        for method, operation in item.items():
+            yield f"{method.upper()} {path}", operation
+
+
+@pytest.mark.parametrize(
+    "keys, protect_metrics", [(False, False), (True, False), (True, True)], ids=["open", "keyed", "keyed-metrics"]
+)
+def test_every_operation_documents_the_errors_it_can_answer(keys, protect_metrics):
+    schema = make_app(keys, protect_metrics=protect_metrics).openapi()
+    components = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in components and "ValidationError" not in components
+    assert components["ErrorResponse"]["required"] == ["error"]
+    assert set(components["ErrorDetail"]["required"]) == {"message", "type", "param", "code"}
+    assert ("securitySchemes" in schema.get("components", {})) == keys
+    labels = set()
+    for label, operation in walk(schema):
+        labels.add(label)
+        documented = {int(status) for status in operation["responses"]}
+        scopes = {"embed", "admin"} | ({"metrics"} if protect_metrics else set())
+        guarded = keys and operation["x-embedserve-scope"] in scopes
+        assert bool(operation.get("security")) == guarded, label
+        needed = set(CAN_ANSWER[label])
+        if guarded:
+            needed |= {401, 403}
+        if "requestBody" in operation:
+            needed |= {408, 413, 422}
+        if operation.get("parameters"):
+            needed |= {422}
+        assert needed <= documented, (label, sorted(needed - documented))
+        if not guarded:
+            assert not {401, 403} & documented, label
+        for status, response in operation["responses"].items():
+            if int(status) >= 400:  # OpenAI's error shape, never FastAPI's default 422 body
+                assert response["content"]["application/json"]["schema"] == {"$ref": ERROR_REF}, (label, status)
+            else:
+                assert response.get("content"), (label, status)  # a documented success body
+    assert labels == set(CAN_ANSWER), "add the new operation to CAN_ANSWER"
