@@ -126,10 +126,14 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Seconds an idle keep-alive connection stays open between requests."
     )
     header_timeout: float = Field(
-        10.0, gt=0, description="Seconds a client has to send a request's headers before the connection is closed."
+        10.0, gt=0,
+        description="Seconds a client has to send a request's headers (from the connection's opening, or the "
+        "request's first byte); then 408 and the connection closes. Also bounds the TLS handshake.",
     )
     body_timeout: float = Field(
-        60.0, gt=0, description="Seconds a client has to send a request's whole body; past it, 408."
+        60.0, gt=0,
+        description="Seconds a client has to send a request's whole body (also the rest of one answered early); "
+        "past it, 408.",
     )
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM); with --ssl-certfile, serve HTTPS.")
     ssl_certfile: Path | None = Field(None, description="TLS certificate chain (PEM); with --ssl-keyfile, serve HTTPS.")
@@ -137,7 +141,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
     graceful_timeout: float = Field(
-        30.0, ge=0, description="Seconds to finish in-flight requests after SIGTERM."
+        30.0, ge=0, description="Seconds to finish in-flight requests after SIGTERM (0 = no limit)."
     )
 
     @field_validator("models", "cors_origins", "allow_models", "api_keys", mode="before")
