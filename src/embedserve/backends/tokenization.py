@@ -1,4 +1,16 @@
-"""Tokenization shared by every backend that uses a Hugging Face (Rust) tokenizer."""
+"""Tokenization shared by every backend that uses a Hugging Face (Rust) tokenizer.
+
+A text longer than `CUT_CHARS_PER_TOKEN * max_length` characters is not handed to the tokenizer
+whole: the model reads at most `max_length` tokens, but the Rust tokenizer holds per-character
+state for all of its input (a 16 MB body of 5.4M CJK characters grew the process by 3 GB, never
+given back). Such a text is tokenized as a prefix cut where the tokenizer's pipeline provably
+cannot join the two sides (backends/cutting.py), and the prefix's last word is not trusted; if
+that leaves too few tokens, the prefix doubles, up to the whole text. The ids are those of
+tokenizing the whole text: truncated, the same `max_length` ids; not truncated, an input that
+fits comes back whole and one that does not comes back as its first `max_length + 1` ids (all
+the caller needs to refuse it). Texts up to the cut size, and tokenizers whose pipeline the
+proof does not cover, take the plain path unchanged.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +19,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from embedserve.backends.base import TokenIds
+from embedserve.backends.cutting import CutPlan, plan_cuts, settled
 
 # transformers warns on every input longer than model_max_length; we handle length ourselves.
 logging.getLogger("transformers.tokenization_utils_base").setLevel(logging.ERROR)
+
+CUT_CHARS_PER_TOKEN = 8  # the first prefix tried: this many characters per token the model reads
 
 
 class HFTokenizer:
@@ -25,6 +40,8 @@ class HFTokenizer:
         # truncation is a setting of the tokenizer object; the model's own stays untouched.
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._whole = self._cut = None
+        self._plan: CutPlan | None = None
+        self._wrap: tuple[TokenIds, TokenIds] | None = None
         if backend is not None:
             from tokenizers import Tokenizer
 
@@ -33,6 +50,10 @@ class HFTokenizer:
             self._whole.no_truncation()
             self._cut = Tokenizer.from_str(backend.to_str())
             self._cut.no_padding()
+            self._wrap = self._rust_template(self._whole)
+            self._plan = plan_cuts(self._whole) if self._wrap is not None else None
+        # The slow (Python) tokenizers have no pipeline to inspect and no word ids: they always
+        # tokenize whole texts.
         self.max_length = max_length
 
     @property
@@ -44,6 +65,8 @@ class HFTokenizer:
         self._max_length = value
         if self._cut is not None:
             self._cut.enable_truncation(value)
+        room = value - sum(map(len, self._wrap)) if self._wrap is not None else 0
+        self._cut_chars = CUT_CHARS_PER_TOKEN * value if self._plan is not None and room >= 1 else None
 
     @staticmethod
     def _special_template(tokenizer: Any) -> tuple[TokenIds, TokenIds]:
@@ -55,10 +78,25 @@ class HFTokenizer:
                 return full[:start], full[start + len(bare) :]
         return [], []
 
+    @staticmethod
+    def _rust_template(rust: Any) -> tuple[TokenIds, TokenIds] | None:
+        """The Rust tokenizer's special tokens around one sequence, if they are exactly what it
+        counts when truncating (then cut ids can be wrapped as it would wrap them)."""
+        bare = rust.encode("a b", add_special_tokens=False).ids
+        full = rust.encode("a b", add_special_tokens=True).ids
+        added = rust.post_processor.num_special_tokens_to_add(False) if rust.post_processor is not None else 0
+        start = next((s for s in range(len(full) - len(bare) + 1) if full[s : s + len(bare)] == bare), None)
+        if not bare or start is None or len(full) - len(bare) != added:
+            return None
+        return full[:start], full[start + len(bare) :]
+
     def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
         rust = self._cut if truncate else self._whole
         if rust is not None:
-            return [encoding.ids for encoding in rust.encode_batch(list(texts), add_special_tokens=True)]
+            texts = list(texts)
+            if self._cut_chars is not None and texts and max(map(len, texts)) > self._cut_chars:
+                return self._tokenize_long(texts, truncate=truncate)
+            return [encoding.ids for encoding in rust.encode_batch(texts, add_special_tokens=True)]
         encoded = self._tok(
             list(texts),
             add_special_tokens=True,
@@ -69,6 +107,35 @@ class HFTokenizer:
             return_token_type_ids=False,
         )
         return encoded["input_ids"]
+
+    def _tokenize_long(self, texts: list[str], *, truncate: bool) -> list[TokenIds]:
+        """Short texts in one batch; each long one from cut prefixes, doubling while the
+        prefix's settled tokens are fewer than the model keeps (plus one to tell "too long")."""
+        rust = self._cut if truncate else self._whole
+        prefix, suffix = self._wrap
+        room = self.max_length - len(prefix) - len(suffix)
+        need = room if truncate else room + 1
+        out: list[TokenIds | None] = [None] * len(texts)
+        short = [i for i, text in enumerate(texts) if len(text) <= self._cut_chars]
+        for i, encoding in zip(short, rust.encode_batch([texts[i] for i in short], add_special_tokens=True)):
+            out[i] = encoding.ids
+        pending = [(i, self._cut_chars) for i, text in enumerate(texts) if len(text) > self._cut_chars]
+        while pending:
+            cuts, whole = [], []
+            for i, target in pending:
+                x = self._plan.find(texts[i], target) if target < len(texts[i]) else None
+                (cuts if x is not None else whole).append((i, x, target))
+            pieces = [texts[i][:x] for i, x, _ in cuts]
+            pending = []
+            for (i, x, target), encoding in zip(cuts, self._whole.encode_batch(pieces, add_special_tokens=False)):
+                if settled(encoding.word_ids) >= need:
+                    out[i] = [*prefix, *encoding.ids[:need], *suffix]
+                else:
+                    pending.append((i, 2 * max(target, x)))
+            whole_texts = [texts[i] for i, _, _ in whole]
+            for (i, _, _), encoding in zip(whole, rust.encode_batch(whole_texts, add_special_tokens=True)):
+                out[i] = encoding.ids
+        return out  # type: ignore[return-value]
 
     def wrap_ids(self, ids: Sequence[TokenIds], *, truncate: bool) -> list[TokenIds]:
         room = self.max_length - len(self._prefix) - len(self._suffix)

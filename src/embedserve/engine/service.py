@@ -177,7 +177,8 @@ class EmbeddingService:
             for i, seq in enumerate(sequences):
                 if len(seq) > info.max_seq_length:
                     raise InvalidInput(
-                        f"input[{i}] has {len(seq)} tokens; model '{model.id}' accepts at most "
+                        # "at least": a long text is tokenized only as far as needed to know it is too long
+                        f"input[{i}] has at least {len(seq)} tokens; model '{model.id}' accepts at most "
                         f"{info.max_seq_length} and truncation is off",
                         param=f"input[{i}]",
                     )
