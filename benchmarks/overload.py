@@ -90,6 +90,7 @@ async def run_overload(
                     async with session.post(target, data=payload, headers=sent_headers) as response:
                         await response.read()
                         status, retry_after = response.status, response.headers.get("Retry-After")
+                        retry_after_ms = response.headers.get("retry-after-ms")
                 except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                     result.errors[type(exc).__name__] += 1
                     continue
@@ -99,8 +100,9 @@ async def run_overload(
                     result.rejected_ms.append(ms)
                     if retry_after is None:
                         result.retry_after_missing += 1
-                    elif honour_retry_after:
-                        await asyncio.sleep(min(float(retry_after), max(0.0, deadline - time.perf_counter())))
+                    elif honour_retry_after:  # as OpenAI's SDKs do: retry-after-ms first, else Retry-After
+                        wait = float(retry_after_ms) / 1000 if retry_after_ms else float(retry_after)
+                        await asyncio.sleep(min(wait, max(0.0, deadline - time.perf_counter())))
                 elif status == 200:
                     result.served_ms.append(ms)
 

@@ -7,6 +7,8 @@ knows about HTTP beyond the `status` and `type` class attributes declared here.
 
 from __future__ import annotations
 
+import random
+
 
 class EmbedServeError(Exception):
     """Base class. `status` is the HTTP status, `type` the OpenAI error type.
@@ -99,12 +101,21 @@ class TooManyTokens(PayloadTooLarge):
 
 
 class Overloaded(EmbedServeError):
-    """The model's queue is full: the client should retry after `retry_after` seconds."""
+    """The model's queue is full: the client should retry after `retry_after` seconds.
+
+    Also `retry-after-ms` (which OpenAI's API sends and its SDKs read first), drawn between half
+    and one and a half times that: clients refused in the same instant come back spread out,
+    not as one wave that overloads the queue again.
+    """
 
     status = 429
     type = "rate_limit_error"
     code = "queue_full"
     retry_after = 1
+
+    def headers(self) -> dict[str, str]:
+        spread = random.randint(self.retry_after * 500, self.retry_after * 1500)
+        return {"Retry-After": str(self.retry_after), "retry-after-ms": str(spread)}
 
 
 class NotReady(EmbedServeError):

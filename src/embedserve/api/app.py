@@ -16,7 +16,7 @@ from embedserve.api import encode, flask_compat, generator, openai, ops, vectori
 from embedserve.api.auth import AuthMiddleware, KeyStore
 from embedserve.api.embeddings_lane import EmbeddingsLane
 from embedserve.api.errors import install_error_handlers
-from embedserve.api.middleware import BodyMiddleware, RequestContextMiddleware
+from embedserve.api.middleware import BodyMiddleware, QueueFullMiddleware, RequestContextMiddleware
 from embedserve.api.responses import OrjsonResponse
 from embedserve.api.routing import RouteTable, document_security
 from embedserve.engine.model_pool import BackendFactory
@@ -112,19 +112,20 @@ def create_app(
 
     # Outermost last: route match, request id, metrics and log around everything, then CORS,
     # so that even a 401 or a 413 carries the CORS headers a browser needs to read it; then
-    # the key check, before any body is read; the lane is innermost, so all of them apply to
-    # what it answers.
+    # the key check and the full-queue check, before any body is read; the lane is innermost,
+    # so all of them apply to what it answers.
     if embeddings_lane:
         route = next(r for r in openai.router.routes if getattr(r, "endpoint", None) is openai.create_embeddings)
         app.add_middleware(EmbeddingsLane, state=app.state, route=route)
     app.add_middleware(BodyMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
+    app.add_middleware(QueueFullMiddleware, state=app.state)
     app.add_middleware(AuthMiddleware, keys=keys, protect_metrics=settings.protect_metrics)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=list(settings.cors_origins),
         allow_methods=["*"],
         allow_headers=["*"],
-        expose_headers=["X-Request-Id", "Retry-After"],
+        expose_headers=["X-Request-Id", "Retry-After", "retry-after-ms"],
     )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, routes=routes)
     return app

@@ -110,6 +110,25 @@ class RequestContextMiddleware:
                 )
 
 
+class QueueFullMiddleware:
+    """Refuses a request for a route that queues model work (one that declares 429) before its body
+    is read, while every loaded model's queue is full. Under overload most requests are refused;
+    each one refused before the body is read, parsed and validated leaves the event loop's time
+    to the requests that were admitted (whose every step waits its turn behind the refusals)."""
+
+    def __init__(self, app: ASGIApp, *, state):
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and 429 in (getattr(scope.get(ROUTE), "responses", None) or ()):
+            refusal = self.state.service.all_queues_full()
+            if refusal is not None:
+                await send_error(send, refusal)
+                return
+        await self.app(scope, receive, send)
+
+
 class BodyMiddleware:
     """Reads the whole body first: 413 past `max_body_bytes`, 408 when it takes longer than
     `body_timeout` (a client trickling its body can't hold a request open), nothing at all when

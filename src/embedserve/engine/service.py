@@ -17,7 +17,7 @@ import numpy as np
 from embedserve.backends.base import TokenIds
 from embedserve.engine.model_pool import BackendFactory, LoadedModel, ModelPool
 from embedserve.engine.worker import EngineObserver
-from embedserve.errors import BadRequest, InvalidInput, RequestTimeout, TooManyTokens
+from embedserve.errors import BadRequest, InvalidInput, Overloaded, RequestTimeout, TooManyTokens
 from embedserve.models.families import InputType
 from embedserve.models.registry import ModelResolver
 from embedserve.settings import Settings
@@ -71,6 +71,15 @@ class EmbeddingService:
 
     async def close(self) -> None:
         await self.pool.close()
+
+    def all_queues_full(self) -> Overloaded | None:
+        """The 429 to answer at once when every loaded model's queue is full (else None)."""
+        models = self.pool.models
+        if not models or not all(m.worker.full for m in models):
+            return None
+        return models[0].worker.overloaded() if len(models) == 1 else Overloaded(
+            "every model's queue is full; retry later"
+        )
 
     # ---- embedding ----------------------------------------------------------------------
     async def embed(

@@ -140,6 +140,13 @@ class ModelWorker:
         """Requests admitted and not yet answered."""
         return self._admitted
 
+    @property
+    def full(self) -> bool:
+        return self._admitted >= self.max_queue
+
+    def overloaded(self) -> Overloaded:
+        return Overloaded(f"model '{self.name}' has {self._admitted} requests waiting (max {self.max_queue}); retry later")
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
@@ -180,10 +187,8 @@ class ModelWorker:
             raise NotReady(f"model '{self.name}' is shutting down")
         if self.failure is not None:
             raise self._engine_fault()
-        if self._admitted >= self.max_queue:
-            raise Overloaded(
-                f"model '{self.name}' has {self._admitted} requests waiting (max {self.max_queue}); retry later"
-            )
+        if self.full:
+            raise self.overloaded()
         self._admitted += 1
         self._arriving += 1
         self.observer.queue_depth(self.name, self._admitted)

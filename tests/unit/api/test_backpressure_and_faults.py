@@ -87,6 +87,7 @@ def test_full_queue_answers_429_at_once(make_client):
             error = assert_openai_error(r, 429, type_="rate_limit_error", code="queue_full")
             assert "max 2" in error["message"] and "retry" in error["message"]
             assert int(r.headers["retry-after"]) >= 1
+            assert 500 <= int(r.headers["retry-after-ms"]) <= 1500  # spread, so refused clients don't return as one wave
             assert r.headers.get("x-request-id")
             assert seconds < delay / 2, f"429 took {seconds:.3f}s: it waited for the batch"
         else:

@@ -136,9 +136,9 @@ def test_too_many_ids_names_the_request_body(make_client):
 def test_overlong_text_without_truncation_names_its_id(make_client):
     client = make_client(truncate=False)
     error = assert_error(client.post(URL, json={"short": "a b", "long": " ".join(["w"] * 20)}), 422, param="long")
-    assert error["message"].startswith("'long' has 22 tokens")
+    assert error["message"].startswith("'long' has at least 22 tokens")
     error = assert_error(client.post(URL, json={"instances": ["a", " ".join(["w"] * 20)]}), 422)
-    assert error["param"] == "instances[1]" and error["message"].startswith("instances[1] has 22 tokens")
+    assert error["param"] == "instances[1]" and error["message"].startswith("instances[1] has at least 22 tokens")
 
 
 def test_get_is_405(client):
