@@ -147,3 +147,20 @@ async def test_every_429_is_summed_in_one_log_line_not_one_each(path, caplog):
         assert (await busy).status == 200
         rejected_lines = [r for r in caplog.records if "429" in r.getMessage()]
         assert len(rejected_lines) <= 1, [r.getMessage() for r in rejected_lines]
+
+
+async def test_while_every_queue_is_full_a_request_is_refused_before_its_body_is_read():
+    backend = FakeBackend(delay=0.5)
+    app = make_app(backend, max_queue=1)
+    async with running(app):
+        busy = asyncio.create_task(request(app, "POST", URL, json={"input": [[71]]}))
+        await asyncio.sleep(0.05)
+        slow_body = [b'{"input": ', b"[[72]]}"]
+        refused = await request(app, "POST", URL, chunks=slow_body, chunk_delay=0.4)
+        assert refused.status == 429 and refused.seconds < 0.3  # answered without waiting for the body
+        assert refused.json()["error"]["code"] == "queue_full" and int(refused.headers["retry-after"]) >= 1
+        assert (await request(app, "GET", "/model/info")).status == 200  # routes that queue nothing still answer
+        assert (await busy).status == 200
+        assert (await request(app, "POST", URL, chunks=slow_body, chunk_delay=0.05)).status == 200
+        runs = [seq for batch in backend.batches for seq in batch].count([CLS, 72, SEP])
+        assert runs == 1  # only the admitted one ran; the refused one never reached the engine
