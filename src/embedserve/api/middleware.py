@@ -188,13 +188,8 @@ async def run_until_disconnect(app: ASGIApp, scope: Scope, body: bytes, receive:
         return message
 
     watcher = asyncio.get_running_loop().create_task(watch())
-    body_sent = False
 
-    async def replay() -> Message:
-        nonlocal body_sent
-        if not body_sent:
-            body_sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
+    async def after_body() -> Message:
         return await asyncio.shield(watcher)  # the app listening for a disconnect hears the same one
 
     async def tracking_send(message: Message) -> None:
@@ -204,7 +199,7 @@ async def run_until_disconnect(app: ASGIApp, scope: Scope, body: bytes, receive:
         await send(message)
 
     try:
-        await app(scope, replay, tracking_send)
+        await app(scope, replay_body(body, after_body), tracking_send)
     except asyncio.CancelledError:
         if not scope.get(CLIENT_GONE):
             raise
