@@ -9,20 +9,8 @@ import numpy as np
 import pytest
 
 from embedserve.backends.fake import FakeBackend
-from embedserve.engine.worker import ModelWorker
 from embedserve.errors import BackendFailure, NotReady, Overloaded
-
-
-def make_worker(backend: FakeBackend, **kw) -> ModelWorker:
-    params = {"max_batch_tokens": 10_000, "max_batch_size": 16, "max_queue": 1000} | kw
-    worker = ModelWorker("m", backend, **params)
-    worker.start()
-    return worker
-
-
-async def call(worker: ModelWorker, seqs):
-    with worker.admit():
-        return await worker.embed(seqs)
+from tests.support.workers import call, make_worker
 
 
 class Tracking(FakeBackend):

@@ -10,20 +10,8 @@ import pytest
 
 from embedserve.backends.fake import FakeBackend
 from embedserve.engine import worker as worker_module
-from embedserve.engine.worker import ModelWorker
 from embedserve.errors import NotReady
-
-
-def make_worker(backend: FakeBackend, **kw) -> ModelWorker:
-    params = {"max_batch_tokens": 10_000, "max_batch_size": 16, "max_queue": 1000} | kw
-    worker = ModelWorker("m", backend, **params)
-    worker.start()
-    return worker
-
-
-async def call(worker: ModelWorker, seqs):
-    with worker.admit() as admission:
-        return await worker.embed(seqs, admission)
+from tests.support.workers import call, make_worker
 
 
 async def eventually(condition, timeout: float = 5.0) -> None:
