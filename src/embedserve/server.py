@@ -9,6 +9,9 @@
   uvicorn's `timeout_keep_alive`, applies); a new connection that sends nothing is closed
   after `--header-timeout`. The body is bounded by `--body-timeout` in api/middleware.py, and
   here too for the rest of a body the app answered before reading it (401, 413).
+* Parser: httptools (llhttp, in C), uvicorn's fast parser: the HTTP layer costs a fraction of
+  what h11 (pure Python) did, which is most of what a rejected request costs under overload.
+  It bounds nothing by itself, so an incomplete request head is bounded here (16 KiB, as h11 did).
 * TLS: `--ssl-keyfile` / `--ssl-certfile`. The TLS handshake, which happens before the HTTP
   protocol sees the connection, is bounded by `--header-timeout` too (asyncio's default is 60 s).
 * SIGTERM: not-ready, stop accepting, finish what is in flight (`--graceful-timeout`), exit 0.
@@ -27,9 +30,8 @@ import socket
 import sys
 from collections.abc import MutableMapping
 
-import h11
 import uvicorn
-from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from embedserve.settings import Settings
 
@@ -52,79 +54,116 @@ def quiet_third_parties(environ: MutableMapping[str, str] = os.environ) -> None:
         environ.setdefault(name, value)
 
 
-class HeaderTimeoutProtocol(H11Protocol):
-    """uvicorn's h11 protocol plus deadlines for a client that owes the server bytes.
+class HeaderTimeoutProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus deadlines and a size bound for a client that owes bytes.
 
-    * Headers: armed when the connection opens and when the first bytes of a later request
-      arrive, cancelled once h11 has parsed the request line and headers. When it fires, a
-      client that had sent part of a request gets a 408 with `Connection: close`; one that has
-      sent nothing (a silent new connection) is just closed, since a 408 it did not ask for
-      could be read as the answer to the request it is about to send.
+    * Headers: armed when the connection opens and when the first byte of a later request
+      arrives (llhttp's `on_message_begin`), cancelled by `on_headers_complete`. When it fires,
+      a client that had sent part of a request gets a 408 with `Connection: close`; one that
+      has sent nothing (a silent new connection) is just closed, since a 408 it did not ask for
+      could be read as the answer to the request it is about to send. Bytes of a pipelined
+      request that arrive while one is being served are timed from that response's end.
+    * Head size: llhttp (through httptools) buffers a request line or header of any length, so
+      a head still incomplete past `max_head_bytes` gets a 431 and the connection closes (h11,
+      which the server ran on before, refused the same: past 16 KiB buffered and incomplete).
     * Leftover body: a response sent before the body was read (401, 413 on the declared
       length) leaves uvicorn reading and discarding the rest with no timer at all, so the rest
       must arrive within `body_timeout` of the response; then the connection is closed. Once it
       has, the connection is idle and gets uvicorn's keep-alive timer (uvicorn sets none there).
+    * An `Upgrade` request (the app serves no websockets) is answered, then the connection
+      closes: llhttp parses nothing after one, so no timer would see the bytes that follow.
 
     Subclasses set `header_timeout` and `body_timeout` (`protocol_class`).
-
-    Always this protocol, never uvicorn's "auto": "auto" would pick httptools where it is
-    installed, and httptools' protocol has the same gaps and none of h11's state to hook into.
-    httptools is not one of our dependencies, so h11 is the parser the server always ran on.
     """
 
     header_timeout: float = 10.0
     body_timeout: float = 60.0
+    max_head_bytes: int = 16 * 1024
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
         self._deadline_for: str | None = None  # "headers" or "leftover body"
-        self._request_begun = False  # bytes of a request whose headers are not complete yet
+        self._head_begun = False  # bytes of a request whose headers are not complete yet
+        self._head_since = 0.0  # when its clock started (loop time)
+        self._head_bytes = 0  # how many bytes of it are in, roughly (see data_received)
+        self._body_pending = False  # headers complete, the message not yet
+        self._message_ended = False  # a message ended in the chunk being parsed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._set_deadline("headers")
 
     def data_received(self, data: bytes) -> None:
+        self._message_ended = False
         super().data_received(data)
-        self._check_state()
+        if not self._head_begun or self.transport.is_closing():
+            return  # the usual end of a read: whole requests, no head left half-parsed
+        # Where in a chunk a head began is unknown: a chunk in which another message ended is
+        # left uncounted (one read, at most 256 KiB); any other holds only head bytes.
+        if not self._message_ended:
+            self._head_bytes += len(data)
+        if self._head_bytes > self.max_head_bytes:
+            if self._idle():
+                self._refuse(431, "request_headers_too_large", b"request headers exceed %d bytes" % self.max_head_bytes)
+            else:  # pipelined behind a request being served: no more until it is answered
+                self.flow.pause_reading()
+        elif self._idle() and self._deadline_for is None:  # armed only now: most heads come whole
+            self._set_deadline("headers", self._head_since + self.header_timeout)
+
+    # Parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_begun, self._head_since, self._head_bytes = True, self.loop.time(), 0
+        self._unset_keepalive_if_required()
+
+    def on_headers_complete(self) -> None:
+        self._head_begun, self._body_pending = False, True
+        self._clear_deadline()
+        super().on_headers_complete()
+        if self.parser.should_upgrade():
+            self.cycle.keep_alive = False
+
+    def on_message_complete(self) -> None:
+        self._body_pending, self._message_ended = False, True
+        super().on_message_complete()
+        if self._deadline_for == "leftover body":  # the rest came in time: idle now
+            self._clear_deadline()
+            if self.timeout_keep_alive_task is None and not self.transport.is_closing():
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler
+                )
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()  # arms the keep-alive timer; parses a pipelined request
-        self._request_begun = False
-        self._check_state()
+        super().on_response_complete()  # arms the keep-alive timer, or starts a pipelined request
+        if self.transport.is_closing() or not self._idle():
+            return
+        if self._body_pending:
+            self._set_deadline("leftover body")
+        elif self._head_begun:  # part of the next request is in: its clock starts now
+            self._unset_keepalive_if_required()
+            self._head_since = self.loop.time()
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse(431, "request_headers_too_large", b"request headers exceed %d bytes" % self.max_head_bytes)
+            else:
+                self._set_deadline("headers")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._clear_deadline()
         super().connection_lost(exc)
 
-    def _check_state(self) -> None:
-        """After any input or response: which deadline, if any, applies now."""
-        their, ours = self.conn.their_state, self.conn.our_state
-        if self.transport.is_closing():
-            self._clear_deadline()
-        elif their is h11.IDLE and ours is h11.IDLE:
-            if self.conn.trailing_data[0]:  # part of the next request's head is in
-                self._request_begun = True
-                self._set_deadline("headers")
-            else:  # idle between requests
-                self._clear_deadline()
-                if self.timeout_keep_alive_task is None:
-                    self.timeout_keep_alive_task = self.loop.call_later(
-                        self.timeout_keep_alive, self.timeout_keep_alive_handler
-                    )
-        elif their is h11.SEND_BODY and ours in (h11.DONE, h11.MUST_CLOSE):
-            self._set_deadline("leftover body")
-        else:
-            self._clear_deadline()  # a request is being served (or the connection left HTTP/1.1)
+    def _idle(self) -> bool:
+        """No request is being served (none yet, or the last one answered)."""
+        return self.cycle is None or self.cycle.response_complete
 
-    def _set_deadline(self, what: str) -> None:
-        """Arm the deadline for `what`, unless it already runs: trickled bytes don't extend it."""
+    def _set_deadline(self, what: str, at: float | None = None) -> None:
+        """Arm the deadline for `what` (now plus its timeout, or `at`), unless it already runs."""
         if self._deadline_for == what:
-            return
+            return  # trickled bytes don't extend it
         self._clear_deadline()
-        seconds = self.header_timeout if what == "headers" else self.body_timeout
-        self._deadline = self.loop.call_later(seconds, self._deadline_passed)
+        if at is None:
+            at = self.loop.time() + (self.header_timeout if what == "headers" else self.body_timeout)
+        self._deadline = self.loop.call_at(at, self._deadline_passed)
         self._deadline_for = what
 
     def _clear_deadline(self) -> None:
@@ -138,31 +177,25 @@ class HeaderTimeoutProtocol(H11Protocol):
         if self.transport.is_closing():
             return
         log.debug("closing %s: %s not received in time", self.client, what)
-        try:
-            if what == "headers" and self._request_begun:
-                self._send_408()
-            self.conn.send(h11.ConnectionClosed())
-        except h11.LocalProtocolError:
-            pass  # h11 is in no state to answer: just close
-        self.transport.close()
+        if what == "headers" and self._head_begun:
+            self._refuse(
+                408, "header_timeout", b"request headers were not received within %g s" % self.header_timeout
+            )
+        else:
+            self.transport.close()
 
-    def _send_408(self) -> None:
-        body = (
-            b'{"error":{"message":"request headers were not received within %g s",'
-            b'"type":"invalid_request_error","param":null,"code":"header_timeout"}}' % self.header_timeout
+    def _refuse(self, status: int, code: str, message: bytes) -> None:
+        """Answer a request whose head never came in whole, and close the connection."""
+        self._clear_deadline()
+        body = b'{"error":{"message":"%s","type":"invalid_request_error","param":null,"code":"%s"}}' % (
+            message, code.encode()
         )
-        headers = [
-            *self.server_state.default_headers,
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        for event in (
-            h11.Response(status_code=408, headers=headers, reason=STATUS_PHRASES[408]),
-            h11.Data(data=body),
-            h11.EndOfMessage(),
-        ):
-            self.transport.write(self.conn.send(event))
+        head = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            head += [name, b": ", value, b"\r\n"]
+        head.append(b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
 
 
 def protocol_class(header_timeout: float, body_timeout: float) -> type[HeaderTimeoutProtocol]:
