@@ -1,8 +1,10 @@
 """Overload: many connections against a small queue. What every answer was, how fast the 429s came.
 
-`connections` clients each loop for `seconds`: POST one body, read the answer, repeat. On a
+`connections` clients first open their connections (a GET /health each, untimed: opening 256
+at once is a connection storm, a different test), then start over `ramp` seconds (default 0:
+all at the same instant) and each loops until `seconds` have passed: POST one body, read the answer, repeat. On a
 429 a client either retries at once (`--retry-after ignore`, the harshest case) or sleeps
-what Retry-After says (`honour`, what the openai client and most SDKs do). Counted: statuses,
+what the answer says (`honour`, as OpenAI's SDKs do: retry-after-ms first, else Retry-After). Counted: statuses,
 connection errors (a reset or a dropped connection counts here, never as a status), the
 latency of every 429 and every 200, whether each 429 carried Retry-After, and the goodput
 (200s per second). aiohttp keeps the client's own CPU cost low (the server shares the cores).
@@ -72,6 +74,7 @@ async def run_overload(
     body: dict = BODY,
     honour_retry_after: bool = False,
     headers: dict | None = None,
+    ramp: float = 0.0,
 ) -> OverloadResult:
     target = url.rstrip("/") + "/v1/embeddings"
     payload = orjson.dumps(body)
@@ -80,10 +83,17 @@ async def run_overload(
     connector = aiohttp.TCPConnector(limit=connections, force_close=False)
     timeout = aiohttp.ClientTimeout(total=max(30.0, seconds))
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def connect() -> None:
+            async with session.get(url.rstrip("/") + "/health", headers=headers) as response:
+                await response.read()
+
+        await asyncio.gather(*(connect() for _ in range(connections)))  # the pool now holds them all, idle
         started = time.perf_counter()
         deadline = started + seconds
 
-        async def client() -> None:
+        async def client(k: int) -> None:
+            await asyncio.sleep(ramp * k / connections)
             while time.perf_counter() < deadline:
                 t0 = time.perf_counter()
                 try:
@@ -106,7 +116,7 @@ async def run_overload(
                 elif status == 200:
                     result.served_ms.append(ms)
 
-        await asyncio.gather(*(client() for _ in range(connections)))
+        await asyncio.gather(*(client(k) for k in range(connections)))
         result.seconds = time.perf_counter() - started
     return result
 
@@ -117,12 +127,18 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=256)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--retry-after", choices=("ignore", "honour"), default="ignore")
+    parser.add_argument("--ramp", type=float, default=0.0, help="seconds over which the clients start (0: at once)")
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--uvloop", action="store_true", help="run the client on uvloop (less client CPU)")
     args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        uvloop.install()
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     result = asyncio.run(
         run_overload(args.url, connections=args.connections, seconds=args.seconds,
-                     honour_retry_after=args.retry_after == "honour", headers=headers)
+                     honour_retry_after=args.retry_after == "honour", headers=headers, ramp=args.ramp)
     )
     print(json.dumps(result.summary(), indent=2))
 
