@@ -16,7 +16,8 @@ from embedserve.api import encode, flask_compat, generator, openai, ops, vectori
 from embedserve.api.auth import AuthMiddleware, KeyStore
 from embedserve.api.embeddings_lane import EmbeddingsLane
 from embedserve.api.errors import install_error_handlers
-from embedserve.api.middleware import BodyMiddleware, QueueFullMiddleware, RequestContextMiddleware
+from embedserve.api.exchange import BodyMiddleware
+from embedserve.api.middleware import QueueFullMiddleware, RequestContextMiddleware
 from embedserve.api.responses import OrjsonResponse
 from embedserve.api.routing import RouteTable, document_security
 from embedserve.engine.model_pool import BackendFactory
@@ -118,7 +119,7 @@ def create_app(
         route = next(r for r in openai.router.routes if getattr(r, "endpoint", None) is openai.create_embeddings)
         app.add_middleware(EmbeddingsLane, state=app.state, route=route)
     app.add_middleware(BodyMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
-    app.add_middleware(QueueFullMiddleware, state=app.state)
+    app.add_middleware(QueueFullMiddleware, service=service)
     app.add_middleware(AuthMiddleware, keys=keys, protect_metrics=settings.protect_metrics)
     app.add_middleware(
         CORSMiddleware,

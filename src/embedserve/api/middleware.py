@@ -4,14 +4,12 @@ Outermost first:
 RequestContextMiddleware: finds the request's route (api/routing.py), request id, access log,
 HTTP metrics; a full queue's 429s are summed up in one log line every few seconds, not one each.
 CORS, then AuthMiddleware (api/auth.py): keys and scopes, before any body is read.
-BodyMiddleware: reads the body up to the limit and replays it to the app: 413 past the limit,
-408 when it takes longer than --body-timeout, nothing when the client leaves mid-body; then,
-while the app works, notices a client that disconnects and stops the request's work.
+QueueFullMiddleware: a 429 before the body is read while every model's queue is full.
+BodyMiddleware (api/exchange.py): the body, and the client's presence while the request runs.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import os
@@ -22,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedserve.api.responses import dumps, error_body
 from embedserve.api.routing import ROUTE, RouteTable
-from embedserve.errors import BodyTimeout, EmbedServeError, PayloadTooLarge
+from embedserve.errors import EmbedServeError
 from embedserve.metrics import Metrics
 
 access_log = logging.getLogger("embedserve.access")
@@ -33,6 +31,7 @@ _ID_PREFIX = os.urandom(6).hex()
 _id_counter = itertools.count(1)
 
 CLIENT_GONE = "embedserve.client_gone"  # set in the ASGI scope when the client left mid-request
+RESPONDING = "embedserve.responding"  # set in the ASGI scope once the response has started
 CLIENT_CLOSED_STATUS = 499  # nginx's code for it, in metrics and the access log
 REJECTION_SUMMARY_SECONDS = 10.0
 
@@ -86,6 +85,7 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                scope[RESPONDING] = True
                 MutableHeaders(scope=message).append("X-Request-Id", request_id)
             await send(message)
 
@@ -116,97 +116,17 @@ class QueueFullMiddleware:
     each one refused before the body is read, parsed and validated leaves the event loop's time
     to the requests that were admitted (whose every step waits its turn behind the refusals)."""
 
-    def __init__(self, app: ASGIApp, *, state):
+    def __init__(self, app: ASGIApp, *, service):
         self.app = app
-        self.state = state
+        self.service = service
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and 429 in (getattr(scope.get(ROUTE), "responses", None) or ()):
-            refusal = self.state.service.all_queues_full()
+            refusal = self.service.all_queues_full()
             if refusal is not None:
                 await send_error(send, refusal)
                 return
         await self.app(scope, receive, send)
-
-
-class BodyMiddleware:
-    """Reads the whole body first: 413 past `max_body_bytes`, 408 when it takes longer than
-    `body_timeout` (a client trickling its body can't hold a request open), nothing at all when
-    the client disconnects before its body is complete (a cut-short body is never run).
-
-    Then the app runs while a watcher waits for the client's next message, which can only be
-    `http.disconnect`. If the client leaves before the response has started, the request's task
-    is cancelled: its inputs still waiting in a model's queue are dropped before they are
-    computed (engine/worker.py skips requests whose future is done), and its queue slot is freed.
-    """
-
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout: float = 60.0):
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.body_timeout = body_timeout
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = header(scope, b"content-length")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send)
-            return
-        try:
-            async with asyncio.timeout(self.body_timeout):
-                body = await read_body(receive, limit=self.max_body_bytes)
-        except TimeoutError:
-            await self._timed_out(send)
-            return
-        except ClientDisconnected:
-            return  # nobody to answer, and a partial body must not run
-        if body is None:
-            await self._too_large(send)
-            return
-        await run_until_disconnect(self.app, scope, body, receive, send)
-
-    async def _too_large(self, send: Send) -> None:
-        message = f"request body is larger than the limit of {self.max_body_bytes} bytes"
-        await send_error(send, PayloadTooLarge(message))
-
-    async def _timed_out(self, send: Send) -> None:
-        message = f"request body was not received within {self.body_timeout:g} s"
-        await send_error(send, BodyTimeout(message), close=True)
-
-
-async def run_until_disconnect(app: ASGIApp, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
-    """Run `app` on the read `body`; cancel it if the client disconnects before a response starts."""
-    task = asyncio.current_task()
-    responding = False
-
-    async def watch() -> Message:
-        message = await receive()
-        if message["type"] == "http.disconnect" and not responding and task is not None:
-            scope[CLIENT_GONE] = True
-            task.cancel()
-        return message
-
-    watcher = asyncio.get_running_loop().create_task(watch())
-
-    async def after_body() -> Message:
-        return await asyncio.shield(watcher)  # the app listening for a disconnect hears the same one
-
-    async def tracking_send(message: Message) -> None:
-        nonlocal responding
-        if message["type"] == "http.response.start":
-            responding = True
-        await send(message)
-
-    try:
-        await app(scope, replay_body(body, after_body), tracking_send)
-    except asyncio.CancelledError:
-        if not scope.get(CLIENT_GONE):
-            raise
-        task.uncancel()  # the cancel was ours: the client is gone, nothing is left to answer
-    finally:
-        if not watcher.done():
-            watcher.cancel()
 
 
 async def send_error(send: Send, exc: EmbedServeError, *, close: bool = False) -> None:

@@ -98,6 +98,10 @@ class ModelPool:
     def models(self) -> list[LoadedModel]:
         return list(self._models.values())
 
+    def loaded(self):
+        """The loaded models, as a view (no copy): for checks on every request."""
+        return self._models.values()
+
     @property
     def default_model(self) -> LoadedModel | None:
         return next(iter(self._models.values()), None)
@@ -215,6 +219,7 @@ class ModelPool:
             max_queue=self.settings.max_queue,
             observer=self._observer,
             threads=self.settings.model_workers,
+            request_timeout=self.settings.request_timeout,
         )
         worker.start()
         seconds = time.perf_counter() - started

@@ -17,7 +17,7 @@ import numpy as np
 from embedserve.backends.base import TokenIds
 from embedserve.engine.model_pool import BackendFactory, LoadedModel, ModelPool
 from embedserve.engine.worker import EngineObserver
-from embedserve.errors import BadRequest, InvalidInput, Overloaded, RequestTimeout, TooManyTokens
+from embedserve.errors import BadRequest, InvalidInput, Overloaded, TooManyTokens
 from embedserve.models.families import InputType
 from embedserve.models.registry import ModelResolver
 from embedserve.settings import Settings
@@ -73,13 +73,16 @@ class EmbeddingService:
         await self.pool.close()
 
     def all_queues_full(self) -> Overloaded | None:
-        """The 429 to answer at once when every loaded model's queue is full (else None)."""
-        models = self.pool.models
-        if not models or not all(m.worker.full for m in models):
+        """The 429 to answer at once when every loaded model's queue is full (else None).
+        Runs before every queueing request's body is read: no list, no generator."""
+        full = None
+        for model in self.pool.loaded():
+            if not model.worker.full:
+                return None
+            full = model if full is None else True
+        if full is None:
             return None
-        return models[0].worker.overloaded() if len(models) == 1 else Overloaded(
-            "every model's queue is full; retry later"
-        )
+        return full.worker.overloaded() if full is not True else Overloaded("every model's queue is full; retry later")
 
     # ---- embedding ----------------------------------------------------------------------
     async def embed(
@@ -106,22 +109,15 @@ class EmbeddingService:
             )
         prefix = model.prompts.prefix(input_type)
         with model.worker.admit() as admission:
-            try:
-                async with asyncio.timeout(self.settings.request_timeout or None):
-                    if self._small(inputs):  # a thread hop costs more than tokenizing a few sentences
-                        sequences = self._tokenize(model, inputs, prefix)
-                    else:
-                        sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix)
-                    tokens = sum(len(s) for s in sequences)
-                    self._check_tokens(tokens)
-                    self._observer.tokens(model.id, tokens)
-                    vectors = await model.worker.embed(sequences, admission)
-            except TimeoutError:
-                # The cancelled wait cancelled the request's future: its inputs leave the queue.
-                raise RequestTimeout(
-                    f"the request did not complete within {self.settings.request_timeout:g} s "
-                    f"(--request-timeout); model '{model.id}' is busy, retry later"
-                ) from None
+            if self._small(inputs):  # a thread hop costs more than tokenizing a few sentences
+                sequences = self._tokenize(model, inputs, prefix)
+            else:
+                sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix)
+            tokens = sum(len(s) for s in sequences)
+            self._check_tokens(tokens)
+            self._observer.tokens(model.id, tokens)
+            # --request-timeout bounds the queue wait and inference: the worker fails the request then.
+            vectors = await model.worker.embed(sequences, admission)
         if dimensions is not None and dimensions < info.dimension:
             vectors = np.ascontiguousarray(vectors[:, :dimensions])
             normalize = True

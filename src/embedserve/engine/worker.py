@@ -17,7 +17,7 @@ as the big one's virtual time only runs FAIR_WEIGHT times faster than the engine
 it still gets about 1/FAIR_WEIGHT of the engine while small requests keep arriving.
 
 A failing batch fails only its own callers. A request whose caller went away (client
-disconnected, --request-timeout) has a done future: its inputs are skipped when the next
+disconnected) or that passed --request-timeout (engine/deadlines.py) has a done future: its inputs are skipped when the next
 batch is planned or run. If the loop itself dies (a fault outside any batch), its waiting
 requests fail at once with 503, the worker reports `failure` (/health says error, /ready is
 503, new requests get 503) and the loop is restarted after a short back-off.
@@ -37,7 +37,8 @@ import numpy as np
 
 from embedserve.backends.base import Backend, Batch, ModelInfo, TokenIds
 from embedserve.engine.batcher import plan_batches
-from embedserve.errors import BackendFailure, NotReady, Overloaded
+from embedserve.engine.deadlines import Deadlines
+from embedserve.errors import BackendFailure, NotReady, Overloaded, RequestTimeout
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class ModelWorker:
         max_queue: int,
         observer: EngineObserver | None = None,
         threads: int = 1,
+        request_timeout: float = 0.0,
     ):
         self.name = name
         self.backend = backend
@@ -134,6 +136,7 @@ class ModelWorker:
         self.failure: BaseException | None = None
         self._backoff = RESTART_BACKOFF[0]
         self._restart: asyncio.TimerHandle | None = None
+        self._deadlines = Deadlines(request_timeout, self._timed_out)
 
     @property
     def depth(self) -> int:
@@ -212,9 +215,16 @@ class ModelWorker:
             future=loop.create_future(),
             remaining=len(sequences),
         )
+        self._deadlines.track(request.future)
         self._pool.extend(_Item(request, i, ids) for i, ids in enumerate(sequences))
         self._wake.set()
         return await request.future
+
+    def _timed_out(self) -> RequestTimeout:
+        return RequestTimeout(
+            f"the request did not complete within {self._deadlines.timeout:g} s (--request-timeout); "
+            f"model '{self.name}' is busy, retry later"
+        )
 
     async def _loop(self) -> None:
         plan = self._plan
@@ -366,6 +376,7 @@ class ModelWorker:
     async def close(self, timeout: float = 30.0) -> None:
         """Stop admitting, let admitted requests finish (up to `timeout`), then stop."""
         self._closing = True
+        self._deadlines.close()
         if self._restart is not None:
             self._restart.cancel()
         deadline = time.monotonic() + timeout
