@@ -6,7 +6,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test unit integration test-gpu bench clean
+.PHONY: install serve test unit integration reliability test-gpu bench clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ unit: install
 
 integration: install
 	$(BIN)/python -m pytest -q -ra tests/integration
+
+# The real server attacked the way the internet will (docs/reliability.md); part of `make test`.
+reliability: install
+	$(BIN)/python -m pytest -q -ra tests/reliability
 
 # Needs a CUDA GPU (not run by CI, which has none): the fp32/fp16/bf16 CUDA paths.
 test-gpu: install
