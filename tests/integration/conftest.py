@@ -37,20 +37,21 @@ class ServerProcess:
             return fh.read()
 
 
-def start_server(tmp_dir, *args: str, timeout: float = 120.0) -> ServerProcess:
+def start_server(tmp_dir, *args: str, timeout: float = 120.0, scheme: str = "http", verify=True) -> ServerProcess:
+    """A server process on a free port, once its /ready answers 200 (`verify`: TLS trust for https)."""
     port = free_port()
     log_path = os.path.join(tmp_dir, f"server-{port}.log")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "embedserve", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
     with open(log_path, "w") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = ServerProcess(process, f"http://127.0.0.1:{port}", log_path)
+    server = ServerProcess(process, f"{scheme}://127.0.0.1:{port}", log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(server.url + "/ready", timeout=1).status_code == 200:
+            if httpx.get(server.url + "/ready", timeout=1, verify=verify).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass

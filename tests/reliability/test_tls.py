@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import ssl
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
 import trustme
 
-from tests.reliability.conftest import FAST_START, ServerProcess, free_port, stop_server
+from tests.reliability.conftest import FAST_START, ServerProcess, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -28,35 +25,15 @@ def trusting(ca: trustme.CA) -> ssl.SSLContext:
 
 
 def start_tls_server(tmp_path, ca: trustme.CA, *args: str, timeout: float = 120.0) -> ServerProcess:
-    """conftest's start_server, but polling /ready over HTTPS with `ca` trusted."""
+    """conftest's start_server with a certificate `ca` issued, polling /ready over HTTPS with `ca` trusted."""
     cert = ca.issue_cert("127.0.0.1", "localhost")
     key_file, cert_file = tmp_path / "server.key", tmp_path / "server.pem"
     cert.private_key_pem.write_to_path(key_file)
     cert.cert_chain_pems[0].write_to_path(cert_file)
     for pem in cert.cert_chain_pems[1:]:
         pem.write_to_path(cert_file, append=True)
-    port = free_port()
-    log_path = tmp_path / f"server-{port}.log"
-    cmd = [
-        sys.executable, "-m", "embedserve", "serve", "--host", "127.0.0.1", "--port", str(port),
-        "--ssl-keyfile", str(key_file), "--ssl-certfile", str(cert_file), *args,
-    ]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    server = ServerProcess(process, f"https://127.0.0.1:{port}", str(log_path))
-    context = trusting(ca)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-        try:
-            if httpx.get(server.url + "/ready", verify=context, timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    process.kill()
-    raise RuntimeError(f"server not ready after {timeout}s:\n{server.log()}")
+    tls = ("--ssl-keyfile", str(key_file), "--ssl-certfile", str(cert_file))
+    return start_server(tmp_path, *tls, *args, timeout=timeout, scheme="https", verify=trusting(ca))
 
 
 @pytest.fixture(scope="module")
