@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -64,6 +65,9 @@ def cache_key(path: Path, settings: dict) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:24]
 
 
+ABANDONED_BUILD_SECONDS = 3600
+
+
 class GraphCache:
     """Folders of built graphs under `root`, each written atomically (temp folder, then rename)."""
 
@@ -79,6 +83,7 @@ class GraphCache:
         if (folder / "meta.json").is_file():
             return folder, True
         folder.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_abandoned_builds(folder.parent, key)
         scratch = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=folder.parent))
         try:
             build(scratch)
@@ -96,6 +101,18 @@ class GraphCache:
 
     def invalidate(self, key: str) -> None:
         shutil.rmtree(self.entry(key), ignore_errors=True)
+
+    @staticmethod
+    def _remove_abandoned_builds(parent: Path, key: str) -> None:
+        """Scratch folders of builds killed midway (kill -9, OOM) stay behind; one untouched for
+        ABANDONED_BUILD_SECONDS is nobody's (a live build, another process's too, writes sooner)."""
+        now = time.time()
+        for scratch in parent.glob(f".{key}-*"):
+            try:
+                if now - scratch.stat().st_mtime > ABANDONED_BUILD_SECONDS:
+                    shutil.rmtree(scratch, ignore_errors=True)
+            except OSError:
+                pass
 
 
 class _EncoderForExport(torch.nn.Module):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,20 @@ def test_first_use_builds_the_entry_in_a_scratch_folder_then_publishes_it(tmp_pa
     assert (folder / "model.onnx").read_bytes() == b"graph bytes"
     assert json.loads((folder / "meta.json").read_text()) == {"key": KEY}
     assert leftovers(cache) == [] and not seen_during_build["folder"].exists()
+
+
+def test_a_build_abandoned_long_ago_is_cleared_and_a_recent_one_kept(tmp_path):
+    cache = GraphCache(tmp_path)
+    parent = cache.entry(KEY).parent
+    parent.mkdir(parents=True)
+    abandoned, recent = parent / f".{KEY}-killed", parent / f".{KEY}-running"
+    for scratch in (abandoned, recent):
+        scratch.mkdir()
+        (scratch / "model.onnx").write_text("half a graph")
+    old = time.time() - onnx_export.ABANDONED_BUILD_SECONDS - 60
+    os.utime(abandoned, (old, old))
+    cache.get_or_build(KEY, write_graph())
+    assert leftovers(cache) == [f".{KEY}-running"]  # another process may still be writing that one
 
 
 def test_a_finished_entry_is_reused_without_building(tmp_path):
