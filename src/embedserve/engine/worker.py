@@ -17,8 +17,8 @@ as the big one's virtual time only runs FAIR_WEIGHT times faster than the engine
 it still gets about 1/FAIR_WEIGHT of the engine while small requests keep arriving.
 
 A failing batch fails only its own callers. A request whose caller went away (client
-disconnected) or that passed --request-timeout (engine/deadlines.py) has a done future: its inputs are skipped when the next
-batch is planned or run. If the loop itself dies (a fault outside any batch), its waiting
+disconnected) or that passed --request-timeout (engine/deadlines.py) has a done future: its
+inputs are skipped when the next batch is planned or run. If the loop itself dies (a fault outside any batch), its waiting
 requests fail at once with 503, the worker reports `failure` (/health says error, /ready is
 503, new requests get 503) and the loop is restarted after a short back-off.
 """
@@ -164,8 +164,7 @@ class ModelWorker:
             "batching loop of model %s died (%r); failing its %d waiting inputs, restarting in %.1f s",
             self.name, self.failure, self._waiting_items(), self._backoff,
         )
-        self._fail(self._pool + [item for batch in self._plan for item in batch], self._engine_fault())
-        self._pool, self._plan[:] = [], []
+        self._fail_waiting(self._engine_fault())
         self._task = None
         self._restart = asyncio.get_running_loop().call_later(self._backoff, self._restart_loop)
         self._backoff = min(self._backoff * 2, RESTART_BACKOFF[1])
@@ -367,6 +366,11 @@ class ModelWorker:
             raise RuntimeError(f"backend returned {vectors.shape[0]} vectors for {len(sequences)} inputs")
         return vectors
 
+    def _fail_waiting(self, error: Exception) -> None:
+        """Fail every input not yet sent to a thread (new arrivals and the plan), and forget them."""
+        self._fail(self._pool + [item for batch in self._plan for item in batch], error)
+        self._pool, self._plan[:] = [], []
+
     @staticmethod
     def _fail(items: Sequence[_Item], error: Exception) -> None:
         for item in items:
@@ -391,6 +395,5 @@ class ModelWorker:
         unloaded = NotReady(f"model '{self.name}' was unloaded")
         for task in list(self._running):
             task.cancel()
-        self._fail(self._pool + [item for batch in self._plan for item in batch], unloaded)
-        self._pool, self._plan[:] = [], []
+        self._fail_waiting(unloaded)
         self._executor.shutdown(wait=False, cancel_futures=True)
