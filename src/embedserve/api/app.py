@@ -107,7 +107,7 @@ def create_app(
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    routes = RouteTable([route for router in ROUTERS for route in router.routes])
+    routes = app.state.routes = RouteTable([route for router in ROUTERS for route in router.routes])
     schema = app.openapi
     app.openapi = lambda: app.openapi_schema or document_security(schema(), settings, keys.enabled)
 

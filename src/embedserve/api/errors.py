@@ -7,7 +7,6 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from embedserve.api.responses import OrjsonResponse, error_body
 from embedserve.errors import EmbedServeError
@@ -64,17 +63,7 @@ def allowed_methods(request: Request) -> str | None:
     """Every method the request's path answers to, for a 405's `Allow` (None when no route
     matches). Starlette's own `Allow` lists only the first route on the path, and /v1/encode is
     two routes, GET and POST."""
-
-    def flatten(routes):
-        for route in routes:
-            inner = getattr(route, "original_router", None)  # how FastAPI keeps an included router
-            yield from flatten(inner.routes) if inner is not None else (route,)
-
-    methods: set[str] = set()
-    for route in flatten(request.app.router.routes):
-        if route.matches(request.scope)[0] is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return ", ".join(sorted(methods)) or None
+    return ", ".join(sorted(request.app.state.routes.methods_for(request.scope))) or None
 
 
 def install_error_handlers(app: FastAPI) -> None:

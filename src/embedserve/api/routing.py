@@ -131,6 +131,14 @@ class RouteTable:
                 self._static.setdefault((method, path), route)
             self._static_paths.setdefault(path, route)
 
+    def methods_for(self, scope: AsgiScope) -> set[str]:
+        """Every method some route answers on this request's path (a 405's `Allow`)."""
+        methods: set[str] = set()
+        for route in self.routes:
+            if route.matches(scope)[0] is not Match.NONE:
+                methods |= getattr(route, "methods", None) or set()
+        return methods
+
     def match(self, scope: AsgiScope) -> BaseRoute | None:
         path = _route_path(scope)
         found = self._static.get((scope["method"], path))
