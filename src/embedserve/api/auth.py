@@ -22,6 +22,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from embedserve.api.middleware import send_error
 from embedserve.api.routing import ROUTE, Scope as RouteScope, route_scope
 from embedserve.errors import Forbidden, Unauthorized
 from embedserve.settings import Settings
@@ -137,8 +138,6 @@ class AuthMiddleware:
         if scope["type"] == "http" and self.keys.enabled:
             error = self.check(scope)
             if error is not None:
-                from embedserve.api.middleware import send_error
-
                 await send_error(send, error)
                 return
         await self.app(scope, receive, send)

@@ -74,15 +74,16 @@ class EmbeddingService:
 
     def all_queues_full(self) -> Overloaded | None:
         """The 429 to answer at once when every loaded model's queue is full (else None).
-        Runs before every queueing request's body is read: no list, no generator."""
-        full = None
-        for model in self.pool.loaded():
+        Runs before every queueing request's body is read: no copy of the model list."""
+        models = self.pool.loaded()
+        for model in models:
             if not model.worker.full:
                 return None
-            full = model if full is None else True
-        if full is None:
+        if not models:
             return None
-        return full.worker.overloaded() if full is not True else Overloaded("every model's queue is full; retry later")
+        if len(models) == 1:
+            return next(iter(models)).worker.overloaded()
+        return Overloaded("every model's queue is full; retry later")
 
     # ---- embedding ----------------------------------------------------------------------
     async def embed(
