@@ -33,6 +33,7 @@ from collections.abc import MutableMapping
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from embedserve.api.responses import dumps, error_body
 from embedserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
         if self._head_bytes > self.max_head_bytes:
             if self._idle():
-                self._refuse(431, "request_headers_too_large", b"request headers exceed %d bytes" % self.max_head_bytes)
+                self._refuse_large_head()
             else:  # pipelined behind a request being served: no more until it is answered
                 self.flow.pause_reading()
         elif self._idle() and self._deadline_for is None:  # armed only now: most heads come whole
@@ -144,7 +145,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self._unset_keepalive_if_required()
             self._head_since = self.loop.time()
             if self._head_bytes > self.max_head_bytes:
-                self._refuse(431, "request_headers_too_large", b"request headers exceed %d bytes" % self.max_head_bytes)
+                self._refuse_large_head()
             else:
                 self._set_deadline("headers")
 
@@ -178,18 +179,18 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             return
         log.debug("closing %s: %s not received in time", self.client, what)
         if what == "headers" and self._head_begun:
-            self._refuse(
-                408, "header_timeout", b"request headers were not received within %g s" % self.header_timeout
-            )
+            self._refuse(408, "header_timeout", f"request headers were not received within {self.header_timeout:g} s")
         else:
             self.transport.close()
 
-    def _refuse(self, status: int, code: str, message: bytes) -> None:
-        """Answer a request whose head never came in whole, and close the connection."""
+    def _refuse_large_head(self) -> None:
+        self._refuse(431, "request_headers_too_large", f"request headers exceed {self.max_head_bytes} bytes")
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer a request whose head never came in whole (OpenAI's error shape, like every answer),
+        and close the connection."""
         self._clear_deadline()
-        body = b'{"error":{"message":"%s","type":"invalid_request_error","param":null,"code":"%s"}}' % (
-            message, code.encode()
-        )
+        body = dumps(error_body(message, "invalid_request_error", code=code))
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head += [name, b": ", value, b"\r\n"]
