@@ -49,14 +49,27 @@ def strace_works() -> bool:
     return probe.returncode == 0
 
 
+def runs_embedserve(pid: str) -> bool:
+    """Whether the process has exec'd the server (a fork of strace still shows strace's argv)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False  # gone meanwhile
+    return argv[:3] == [sys.executable.encode(), b"-m", b"embedserve"]
+
+
 def server_pid(process: subprocess.Popen, traced: bool, timeout: float = 30.0) -> int:
-    """The server's pid: the Popen's own, or under strace that of strace's child."""
+    """The server's pid: the Popen's own, or under strace that of strace's child running embedserve.
+
+    strace forks short-lived probe children of its own at start-up (to test ptrace options), so
+    its first child is not always the server: CI once polled a probe, which was gone a moment later.
+    """
     if not traced:
         return process.pid
     children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = children.read_text().split()
+        found = [pid for pid in children.read_text().split() if runs_embedserve(pid)]
         if found:
             return int(found[0])
         time.sleep(0.05)
