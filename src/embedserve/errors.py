@@ -71,6 +71,17 @@ class BadRequest(EmbedServeError):
     code = "invalid_parameter"
 
 
+class WrongTask(BadRequest):
+    """The model can't do what the route asks (e.g. sparse weights from a dense-only model)."""
+
+    code = "model_task_unsupported"
+
+    def __init__(self, model: str, wanted: str, tasks: list[str]):
+        super().__init__(
+            f"model '{model}' does not do {wanted}: its tasks are {', '.join(tasks) or 'none'}", param="model"
+        )
+
+
 class ModelNotFound(EmbedServeError):
     """No model by that name here. `detail` (for the server log only) may hold paths."""
 

@@ -14,6 +14,7 @@ from embedserve.api import embeddings_lane
 from embedserve.api.app import ROUTERS, create_app
 from embedserve.api.routing import Scope, route_scope
 from embedserve.backends.fake import FakeBackend
+from embedserve.models.tasks import OUTPUTS
 from embedserve.settings import Settings
 from tests.conftest import FakeResolver, wait_ready
 
@@ -25,6 +26,11 @@ BODIES = {  # a body each route would serve with the right key, so only the key 
     "/v1/encode": {"input": ["hello"]},
     "/vectorize": {"text": "hello"},
     "/vectorize-batch": {"items": ["hello"]},
+    "/vectorize-hybrid": {"text": "hello", "return_colbert": True},
+    "/vectorize-batch-hybrid": {"items": ["hello"]},
+    "/embed_sparse": {"inputs": "hello"},
+    "/embed_all": {"inputs": ["hello"]},
+    "/v1/encodings": {"input": "hello"},
 }
 PARAMS = {"/model/load": {"model_name": "org/other"}, "/model/unload": {"model_name": "org/fake-model"}}
 
@@ -63,7 +69,7 @@ class CountingResolver(FakeResolver):
 
 @pytest.fixture
 def walk(tmp_path):
-    backend, resolver = FakeBackend(), CountingResolver()
+    backend, resolver = FakeBackend(tasks=frozenset(OUTPUTS)), CountingResolver()  # every route's task
     keys = tmp_path / "keys.txt"
     keys.write_text("sk-embed embed\nsk-admin admin\n")
     settings = Settings(models=("org/fake-model",), api_keys=("sk-all",), api_key_file=keys)
@@ -82,7 +88,7 @@ def test_every_route_the_app_serves_declares_a_scope(walk):
     ours = [route for router in ROUTERS for route in router.routes]
     served = served_routes(app)
     assert {(r.path, frozenset(r.methods)) for r in served} == {(r.path, frozenset(r.methods)) for r in ours}
-    assert len(served) >= 19  # the walk below covers what the app really serves (19 routes today)
+    assert len(served) >= 24  # the walk below covers what the app really serves (24 routes today)
     for route in served:
         assert route_scope(route) is not None, f"{route.path} declares no scope"
         assert (route_scope(route) in (Scope.OPEN, Scope.METRICS)) == (route.path in OPEN), route.path
@@ -113,7 +119,7 @@ def test_without_the_right_key_nothing_reaches_the_engine(walk, monkeypatch):
     assert checked >= 60
     assert backend.batch_sizes == [] and lane_calls == []  # no batch ran, the lane never embedded
     assert resolver.names == resolved_at_start  # and no model name was even looked up
-    assert [m.id for m in app.state.service.models] == ["org/fake-model"]
+    assert [m.id for m in app.state.service.pool.models] == ["org/fake-model"]
 
 
 def test_with_the_right_key_every_route_answers_without_auth_errors(walk):

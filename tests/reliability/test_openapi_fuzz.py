@@ -34,6 +34,7 @@ from schemathesis.python import asgi
 
 from embedserve.api.app import create_app
 from embedserve.backends.fake import FakeBackend
+from embedserve.models.tasks import OUTPUTS
 from embedserve.errors import ModelNotFound, shown
 from embedserve.models.registry import ResolvedModel, aliases_for
 from embedserve.settings import Settings
@@ -74,7 +75,7 @@ class FuzzResolver:
 
 def make_app(keys: bool, **overrides):
     settings = Settings(models=(MODEL,), api_keys=(KEY,) if keys else (), **overrides)
-    return create_app(settings, backend_factory=lambda path: FakeBackend(), resolver=FuzzResolver())
+    return create_app(settings, backend_factory=lambda path: FakeBackend(tasks=frozenset(OUTPUTS)), resolver=FuzzResolver())
 
 
 def fuzz_config(keys: bool) -> schemathesis.Config:
@@ -241,6 +242,12 @@ SUCCESS = [  # (operation, request), in order: OTHER is loaded before it is unlo
     ("POST /v1/encode", {"body": {"input": ["iPhone"]}}),
     ("POST /vectorize", {"body": {"text": "hello", "is_query": True}}),
     ("POST /vectorize-batch", {"body": {"items": ["a", "b"]}}),
+    ("POST /vectorize-hybrid", {"body": {"text": "hello world", "return_colbert": True}}),
+    ("POST /vectorize-batch-hybrid", {"body": {"items": ["a b", "c"]}}),
+    ("POST /embed_sparse", {"body": {"inputs": ["hello world"], "truncate": True}}),
+    ("POST /embed_all", {"body": {"inputs": "hello world"}}),
+    ("POST /v1/encodings", {"body": {"input": ["hello world"], "encoding_format": "base64", "sparse": {"top_k": 2, "return_tokens": True}}}),
+    ("POST /v1/encodings", {"body": {"input": "hello", "outputs": ["sparse"], "sparse": {"min_weight": 0.2}}}),
 ]
 
 
@@ -302,6 +309,12 @@ CAN_ANSWER: dict[str, set[int]] = {
     "POST /v1/encode": EMBEDS | {404},
     "POST /vectorize": EMBEDS,
     "POST /vectorize-batch": EMBEDS,
+    # a model without the outputs a route needs: 400 naming its tasks
+    "POST /vectorize-hybrid": EMBEDS | {400},
+    "POST /vectorize-batch-hybrid": EMBEDS | {400},
+    "POST /embed_sparse": EMBEDS | {400, 404, 424, 504, 507},
+    "POST /embed_all": EMBEDS | {400, 404, 424, 504, 507},
+    "POST /v1/encodings": EMBEDS | {400, 404, 424, 504, 507},
 }
 ERROR_REF = "#/components/schemas/ErrorResponse"
 

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from embedserve import __version__
-from embedserve.api import encode, flask_compat, generator, openai, ops, vectorize
+from embedserve.api import encode, encodings, flask_compat, generator, hybrid, openai, ops, tei, vectorize
 from embedserve.api.auth import AuthMiddleware, KeyStore
 from embedserve.api.embeddings_lane import EmbeddingsLane
 from embedserve.api.errors import install_error_handlers
@@ -30,7 +30,10 @@ log = logging.getLogger(__name__)
 
 # Every route the app serves, one router per API family; the route table middleware matches
 # requests against (api/routing.py) is built from these same route objects.
-ROUTERS = (openai.router, ops.router, flask_compat.router, generator.router, encode.router, vectorize.router)
+ROUTERS = (
+    openai.router, ops.router, flask_compat.router, generator.router, encode.router, vectorize.router,
+    hybrid.router, tei.router, encodings.router,
+)
 
 
 def default_backend_factory(settings: Settings) -> BackendFactory:
@@ -63,7 +66,7 @@ def create_app(
 
     async def load_all() -> None:
         try:
-            await service.load_all(settings.models)
+            await service.pool.load_all(settings.models)
         except Exception as exc:  # noqa: BLE001 - reported on /ready and in the log
             log.error("could not load models: %s", exc)
             app.state.load_error = str(exc)
@@ -80,7 +83,7 @@ def create_app(
         yield
         app.state.draining = True
         loader.cancel()
-        await service.close()
+        await service.pool.close()
 
     app = FastAPI(
         title="embedserve",

@@ -16,9 +16,10 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, StrictStr, StringConstraints, ValidationError
 
-from embedserve.engine.service import EmbeddingService, EmbedResult
+from embedserve.engine.service import EmbeddingService, EmbedResult, EncodeResult
 from embedserve.errors import InvalidInput
 from embedserve.models.families import InputType
+from embedserve.models.tasks import Task
 
 # A text to embed: a JSON string (no coercion from numbers or booleans), never empty.
 Text = Annotated[StrictStr, StringConstraints(min_length=1)]
@@ -56,6 +57,22 @@ async def embed_texts(
     """`service.embed` on `texts`, with input errors naming `field[i]`, or `keys[i]` when given."""
     try:
         return await service(request).embed(model, texts, normalize=normalize, input_type=input_type)
+    except InvalidInput as exc:
+        raise relabel(exc, field, keys) from None
+
+
+async def encode_texts(
+    request: Request,
+    texts: Sequence[str],
+    tasks: frozenset[Task],
+    *,
+    field: str,
+    keys: Sequence[str] | None = None,
+    **options,
+) -> EncodeResult:
+    """`service.encode` on `texts`, with input errors naming `field[i]`, or `keys[i]` when given."""
+    try:
+        return await service(request).encode(options.pop("model", None), texts, tasks, **options)
     except InvalidInput as exc:
         raise relabel(exc, field, keys) from None
 

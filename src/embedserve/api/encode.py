@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, StrictStr
 
 from embedserve.api.compat import Text, embed_texts, service
 from embedserve.api.responses import OrjsonResponse
-from embedserve.api.routing import SERVED, Scope, declare
+from embedserve.api.routing import DENSE_TASK, SERVED, Scope, declare
 
 router = APIRouter(tags=["Sentence embeddings over HTTP"])
 
@@ -45,7 +45,7 @@ class EncodeResponse(BaseModel):
 _SUMMARY = "Embed texts with a loaded model"
 
 
-_DECLARED = declare(Scope.EMBED, *SERVED, body=True)
+_DECLARED = declare(Scope.EMBED, *SERVED, body=True, tasks=DENSE_TASK)
 
 
 @router.get(
@@ -57,7 +57,7 @@ _DECLARED = declare(Scope.EMBED, *SERVED, body=True)
 )
 @router.post("/v1/encode", response_model=EncodeResponse, summary=_SUMMARY, operation_id="encode_post", **_DECLARED)
 async def encode(body: EncodeRequest, request: Request) -> Any:
-    model = service(request).get(body.model)  # 404 when not loaded: no loading on demand here
+    model = service(request).pool.get(body.model)  # 404 when not loaded: no loading on demand here
     result = await embed_texts(request, body.input, field="input", model=model.id)
     dims = int(result.vectors.shape[1])
     data = [

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from embedserve.api.compat import Text, embed_texts, validate_body
 from embedserve.api.responses import OrjsonResponse, renderable
-from embedserve.api.routing import SERVED, Scope, declare
+from embedserve.api.routing import DENSE_TASK, SERVED, Scope, declare
 
 router = APIRouter(tags=["Flask Sentence Transformer API"])
 
@@ -84,7 +84,7 @@ def vector_string(row) -> str:
     response_model=EmbeddingAnswer,
     summary="Embed a map of id -> text, or KServe V1 instances, on the default model",
     response_description='`{"id1": "[...]", ...}` for a map; `{"predictions": [[...], ...]}` for instances.',
-    **declare(Scope.EMBED, *SERVED, body=True),
+    **declare(Scope.EMBED, *SERVED, body=True, tasks=DENSE_TASK),
 )
 async def embedding(
     request: Request, body: Annotated[dict[str, Any], Body(openapi_examples=_EXAMPLES)]

@@ -24,8 +24,9 @@ from embedserve import __version__
 from embedserve.api.compat import Text, embed_texts, service
 from embedserve.api.ops import DOCS_URL, OPENAPI_URL, REDOC_URL
 from embedserve.api.responses import OrjsonResponse
-from embedserve.api.routing import LOADING, LOADS, Scope, declare
+from embedserve.api.routing import DENSE_TASK, LOADING, LOADS, Scope, declare
 from embedserve.engine.model_pool import LoadedModel
+from embedserve.models.tasks import Task
 from embedserve.errors import ModelNotFound
 
 router = APIRouter(tags=["Embeddings Generator"])
@@ -76,7 +77,10 @@ class ModelDescription(BaseModel):
     model_name: str
     aliases: list[str]
     source: str
+    kind: str
+    tasks: list[str]
     dimensions: int
+    multivector_dimensions: int | None
     max_seq_length: int
     device: str
     backend: str
@@ -125,7 +129,10 @@ def describe(model: LoadedModel) -> dict[str, Any]:
         "model_name": model.id,
         "aliases": sorted(model.aliases),
         "source": model.source,
+        "kind": info.kind,
+        "tasks": [task.value for task in Task if task in info.tasks],
         "dimensions": info.dimension,
+        "multivector_dimensions": info.multivector_dimension,
         "max_seq_length": info.max_seq_length,
         "device": info.device,
         "backend": info.backend,
@@ -162,14 +169,14 @@ def as_model_name_error(exc: ModelNotFound) -> ModelNotFound:
 )
 async def root(request: Request) -> Any:
     svc, app = service(request), request.app
-    default = svc.default_model
+    default = svc.pool.default_model
     return OrjsonResponse(
         {
             "name": app.title,
             "version": __version__,
             "description": app.description,
             "default_model": default.id if default else None,
-            "models": [m.id for m in svc.models],
+            "models": [m.id for m in svc.pool.models],
             "docs": DOCS_URL,
             "redoc": REDOC_URL,
             "openapi": OPENAPI_URL,
@@ -181,7 +188,7 @@ async def root(request: Request) -> Any:
     "/embeddings",
     response_model=GenerateResponse,
     summary="Embed a list of texts (Embeddings Generator API)",
-    **declare(Scope.EMBED, *LOADS, body=True),
+    **declare(Scope.EMBED, *LOADS, body=True, tasks=DENSE_TASK),
 )
 async def generate(body: GenerateRequest, request: Request) -> Any:
     started = time.perf_counter()
@@ -216,8 +223,8 @@ async def generate(body: GenerateRequest, request: Request) -> Any:
 async def model_info(request: Request) -> Any:
     svc = service(request)
     # default_model rather than get(): looking must not count as use for LRU eviction.
-    current = svc.default_model or svc.get(None)  # get(None) raises the right 404/503
-    return OrjsonResponse({**describe(current), "loaded_models": [describe(m) for m in svc.models]})
+    current = svc.pool.default_model or svc.pool.get(None)  # get(None) raises the right 404/503
+    return OrjsonResponse({**describe(current), "loaded_models": [describe(m) for m in svc.pool.models]})
 
 
 @router.post(
@@ -254,9 +261,9 @@ async def unload_model(
 ) -> Any:
     svc = service(request)
     try:
-        model = await svc.unload(model_name)
+        model = await svc.pool.unload(model_name)
     except ModelNotFound as exc:
         raise as_model_name_error(exc) from None
     return OrjsonResponse(
-        {"status": "unloaded", "model_name": model.id, "loaded_models": [m.id for m in svc.models]}
+        {"status": "unloaded", "model_name": model.id, "loaded_models": [m.id for m in svc.pool.models]}
     )

@@ -20,10 +20,11 @@ from pydantic import (
 
 from embedserve.api.compat import service
 from embedserve.api.responses import OrjsonResponse
-from embedserve.api.routing import LOADS, Scope, declare
+from embedserve.api.routing import DENSE_TASK, LOADS, Scope, declare
 from embedserve.engine.model_pool import LoadedModel
 from embedserve.engine.service import EmbeddingService
 from embedserve.models.families import InputType as InputKind
+from embedserve.models.tasks import Task
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -95,6 +96,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    tasks: list[str] = Field(description="What the model does: embed, sparse, multivector, score.")
 
 
 class ModelList(BaseModel):
@@ -121,7 +123,7 @@ def encode_vectors(vectors: np.ndarray, encoding_format: str) -> list[Any]:
     "/v1/embeddings",
     response_model=EmbeddingResponse,
     summary="Create embeddings",
-    **declare(Scope.EMBED, 400, *LOADS, body=True),
+    **declare(Scope.EMBED, 400, *LOADS, body=True, tasks=DENSE_TASK),
 )
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> Any:
     return OrjsonResponse(await embeddings_payload(service(request), body))
@@ -143,7 +145,9 @@ async def embeddings_payload(embedder: EmbeddingService, body: EmbeddingRequest)
 
 
 def model_card(model: LoadedModel) -> dict:
-    return {"id": model.id, "object": "model", "created": int(model.loaded_at), "owned_by": "embedserve"}
+    """OpenAI's model object, plus the model's tasks (embed, sparse, multivector, score)."""
+    tasks = [task.value for task in Task if task in model.info.tasks]
+    return {"id": model.id, "object": "model", "created": int(model.loaded_at), "owned_by": "embedserve", "tasks": tasks}
 
 
 @router.get(
@@ -154,7 +158,7 @@ def model_card(model: LoadedModel) -> dict:
     **declare(Scope.EMBED),
 )
 async def list_models(request: Request) -> Any:
-    models = service(request).models
+    models = service(request).pool.models
     if request.app.state.settings.models_list_style == "names":
         return OrjsonResponse({"data": [m.id for m in models], "object": "list"})
     return OrjsonResponse({"object": "list", "data": [model_card(m) for m in models]})
@@ -167,4 +171,4 @@ async def list_models(request: Request) -> Any:
     **declare(Scope.EMBED, 404, 422, 503),
 )
 async def get_model(model: Annotated[str, "model id"], request: Request) -> Any:
-    return OrjsonResponse(model_card(service(request).get(model)))
+    return OrjsonResponse(model_card(service(request).pool.get(model)))

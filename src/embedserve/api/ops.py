@@ -44,7 +44,7 @@ def server_status(request: Request) -> str:
         return "error"
     if not state.ready:
         return "loading"
-    models = state.service.models
+    models = state.service.pool.models
     if any(m.worker.failure is not None for m in models):
         return "error"
     return "healthy" if models else "unavailable"
@@ -58,14 +58,14 @@ def server_status(request: Request) -> str:
 )
 async def health(request: Request) -> Any:
     service = request.app.state.service
-    default = service.default_model
+    default = service.pool.default_model
     return OrjsonResponse(
         {
             "status": server_status(request),
             "version": __version__,
             "model": default.id if default else None,
-            "models": [m.id for m in service.models],
-            "model_status": {m.id: "error" if m.worker.failure is not None else "ready" for m in service.models},
+            "models": [m.id for m in service.pool.models],
+            "model_status": {m.id: "error" if m.worker.failure is not None else "ready" for m in service.pool.models},
         }
     )
 

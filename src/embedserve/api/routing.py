@@ -13,6 +13,7 @@ answers it, and behind a reverse proxy's `root_path` too (Starlette strips it wh
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
@@ -20,7 +21,10 @@ from pydantic import BaseModel
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope as AsgiScope
 
+from embedserve.models.tasks import Task
+
 SCOPE_KEY = "x-embedserve-scope"
+TASKS_KEY = "x-embedserve-tasks"
 ROUTE = "embedserve.route"  # where the matched route is kept in the ASGI scope
 
 
@@ -47,7 +51,7 @@ class ErrorResponse(BaseModel):
 
 
 _DESCRIPTIONS = {
-    400: "A parameter the model can't honour",
+    400: "A parameter the model can't honour, or a model without the task this route needs (`model_task_unsupported`)",
     401: "No API key, or an unknown one (`invalid_api_key`, with `WWW-Authenticate: Bearer`)",
     403: "The API key lacks this route's scope (`insufficient_scope`)",
     404: "No such model here (`model_not_found`)",
@@ -65,20 +69,33 @@ _BODY_ERRORS = (408, 413)  # the body reader's answers, on every route that take
 SERVED = (404, 413, 422, 429, 500, 503)  # what a route that embeds with a loaded model can answer
 LOADS = (*SERVED, 424, 504, 507)  # ... and one that may load the model it names first
 LOADING = (404, 422, 424, 503, 504, 507)  # what loading a model by name can answer (POST /model/load)
+DENSE_TASK = (Task.EMBED,)  # what every dense embedding route needs of its model
 
 
-def declare(scope: Scope, *statuses: int, body: bool = False) -> dict[str, Any]:
-    """Keyword arguments for a route decorator: its scope and its documented error answers.
+def declare(scope: Scope, *statuses: int, body: bool = False, tasks: Sequence[Task] = ()) -> dict[str, Any]:
+    """Keyword arguments for a route decorator: its scope, the model tasks it needs, and its
+    documented error answers.
 
-    401/403 come with any scope that can ask for a key; `body=True` adds the body reader's 408/413.
+    401/403 come with any scope that can ask for a key; `body=True` adds the body reader's 408/413;
+    `tasks` (kept as `x-embedserve-tasks`) adds the 400 a model without them gets.
     """
     codes = set(statuses)
     if scope is not Scope.OPEN:
         codes |= {401, 403}
     if body:
         codes |= set(_BODY_ERRORS)
+    extra: dict[str, Any] = {SCOPE_KEY: scope.value}
+    if tasks:
+        codes.add(400)
+        extra[TASKS_KEY] = [task.value for task in tasks]
     responses = {code: {"model": ErrorResponse, "description": _DESCRIPTIONS[code]} for code in sorted(codes)}
-    return {"openapi_extra": {SCOPE_KEY: scope.value}, "responses": responses}
+    return {"openapi_extra": extra, "responses": responses}
+
+
+def route_tasks(route: BaseRoute | None) -> list[str]:
+    """The model tasks a route declared it needs (empty: none)."""
+    extra = getattr(route, "openapi_extra", None) or {}
+    return list(extra.get(TASKS_KEY, []))
 
 
 SECURITY_SCHEMES = {

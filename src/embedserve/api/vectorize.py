@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, StrictBool
 
 from embedserve.api.compat import Text, embed_texts
 from embedserve.api.responses import OrjsonResponse
-from embedserve.api.routing import SERVED, Scope, declare
+from embedserve.api.routing import DENSE_TASK, SERVED, Scope, declare
 from embedserve.models.families import InputType
 
 router = APIRouter(tags=["Embedding Service (E5/BGE-M3)"])
@@ -49,7 +49,7 @@ def input_type(is_query: bool) -> InputType:
     "/vectorize",
     response_model=VectorResponse,
     summary="Embed one text on the default model",
-    **declare(Scope.EMBED, *SERVED, body=True),
+    **declare(Scope.EMBED, *SERVED, body=True, tasks=DENSE_TASK),
 )
 async def vectorize(body: VectorizeRequest, request: Request) -> Any:
     result = await embed_texts(
@@ -62,7 +62,7 @@ async def vectorize(body: VectorizeRequest, request: Request) -> Any:
     "/vectorize-batch",
     response_model=VectorsResponse,
     summary="Embed several texts on the default model",
-    **declare(Scope.EMBED, *SERVED, body=True),
+    **declare(Scope.EMBED, *SERVED, body=True, tasks=DENSE_TASK),
 )
 async def vectorize_batch(body: VectorizeBatchRequest, request: Request) -> Any:
     result = await embed_texts(request, body.items, field="items", input_type=input_type(body.is_query))

@@ -1,7 +1,11 @@
-"""The one small interface every inference backend implements: tokenize, forward, pool.
+"""The one small interface every inference backend implements: tokenize, forward, heads.
 
-The engine only ever sees token-id lists and float32 numpy arrays, so a backend can be torch,
-ONNX Runtime or a test fake without the engine or the API knowing which.
+`forward` turns a padded batch of token ids into token states (the backend's own type); `heads`
+turns those into the outputs asked for, one forward pass serving every task of the batch:
+`pool` gives the dense vector, and a model with more tasks adds sparse term weights and
+per-token vectors (backends/heads.py). The engine only ever sees token-id lists, float32 numpy
+arrays and `Outputs`, so a backend can be torch, ONNX Runtime or a test fake without the engine
+or the API knowing which.
 """
 
 from __future__ import annotations
@@ -13,7 +17,32 @@ from typing import Any
 
 import numpy as np
 
+from embedserve.models.tasks import Task
+
 TokenIds = list[int]
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    """One input's non-zero term weights: vocabulary ids ascending, each with its weight (> 0)."""
+
+    indices: np.ndarray  # int64 [k]
+    values: np.ndarray  # float32 [k]
+
+    @classmethod
+    def from_dense(cls, row: np.ndarray) -> SparseVector:
+        """The non-zero entries of one vocabulary-sized row."""
+        indices = np.flatnonzero(row > 0)
+        return cls(indices.astype(np.int64, copy=False), row[indices].astype(np.float32, copy=False))
+
+
+@dataclass
+class Outputs:
+    """Per-input outputs of a batch or a request, for the tasks asked (None: not asked)."""
+
+    dense: np.ndarray | None = None  # float32 [n, dimension], not normalised
+    sparse: list[SparseVector] | None = None
+    multivector: list[np.ndarray] | None = None  # float32 [tokens_i, dim] per input, no padding rows
 
 
 @dataclass(frozen=True)
@@ -53,6 +82,9 @@ class ModelInfo:
     fidelity: Fidelity | None = None
     weights_bytes: int | None = None  # the one copy of the weights this backend holds
     speedup: float | None = None  # this mode's speed over fp32 on the calibration set, measured at load
+    tasks: frozenset[Task] = frozenset({Task.EMBED})
+    kind: str = "sentence-transformer"  # models/tasks.py ModelKind.name
+    multivector_dimension: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,16 +93,30 @@ class Batch:
 
     input_ids: np.ndarray  # int64 [batch, length]
     attention_mask: np.ndarray  # int64 [batch, length]
+    token_type_ids: np.ndarray | None = None  # int64 [batch, length]: segment ids (a cross-encoder's pair); None: all 0
 
     @classmethod
-    def from_ids(cls, sequences: Sequence[TokenIds], pad_id: int = 0) -> Batch:
+    def from_ids(
+        cls, sequences: Sequence[TokenIds], pad_id: int = 0, type_ids: Sequence[TokenIds] | None = None
+    ) -> Batch:
         length = max(len(s) for s in sequences)
         ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
         mask = np.zeros((len(sequences), length), dtype=np.int64)
         for row, seq in enumerate(sequences):
             ids[row, : len(seq)] = seq
             mask[row, : len(seq)] = 1
-        return cls(ids, mask)
+        types = None
+        if type_ids is not None:
+            types = np.zeros_like(ids)
+            for row, seq in enumerate(type_ids):
+                types[row, : len(seq)] = seq
+        return cls(ids, mask, types)
+
+    def segment_ids(self) -> np.ndarray:
+        return self.token_type_ids if self.token_type_ids is not None else np.zeros_like(self.input_ids)
+
+    def lengths(self) -> np.ndarray:
+        return self.attention_mask.sum(axis=1)
 
     @property
     def size(self) -> int:
@@ -108,6 +154,19 @@ class Backend(ABC):
 
     def embed(self, batch: Batch) -> np.ndarray:
         return self.pool(batch, self.forward(batch))
+
+    def encode(self, batch: Batch, tasks: frozenset[Task]) -> Outputs:
+        """Every output in `tasks` for the batch, from one forward pass."""
+        return self.heads(batch, self.forward(batch), tasks)
+
+    def heads(self, batch: Batch, hidden: Any, tasks: frozenset[Task]) -> Outputs:
+        """Turn token states into the outputs asked for. A dense embedder only has `pool`;
+        backends of models with more tasks override this."""
+        return Outputs(dense=self.pool(batch, hidden))
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """The text of each vocabulary id (a sparse output's terms, for people to read)."""
+        raise NotImplementedError
 
     def limit_sequence_length(self, max_seq_length: int) -> None:
         """Serve at most `max_seq_length` tokens (a family default the model didn't declare)."""

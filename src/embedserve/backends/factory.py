@@ -16,6 +16,7 @@ from pathlib import Path
 from embedserve.backends.base import Backend
 from embedserve.backends.torch_backend import TorchBackend, physical_cores, pick_device
 from embedserve.errors import FidelityTooLow, ModelLoadError
+from embedserve.models.tasks import ModelKind, detect_kind
 from embedserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,11 @@ def intra_op_threads(settings: Settings) -> int:
 
 
 def build_backend(settings: Settings, path: Path) -> Backend:
+    kind = detect_kind(path)  # refuses a folder that is no model we serve, before loading anything
     device = pick_device(settings.device)
     backend_name, dtype = choose_mode(settings.backend, settings.dtype, device)
+    if kind.name not in ONNX_KINDS:
+        return _build_exact(kind, backend_name, dtype, settings, path, device)
     automatic = settings.backend == "auto" and settings.dtype == "auto"
     if automatic and device == "cpu" and cpu_has_bf16_matmul():
         fast = _try_cpu_bf16(settings, path)
@@ -91,6 +95,35 @@ def build_backend(settings: Settings, path: Path) -> Backend:
         log.warning("%s; falling back to torch fp32", message)
         return TorchBackend(path, device=device, threads=intra_op_threads(settings))
     return backend
+
+
+# Kinds whose every output the ONNX graph and the fast modes' fidelity guard cover so far.
+ONNX_KINDS = ("sentence-transformer", "bge-m3")
+
+
+def _build_exact(kind: ModelKind, backend: str, dtype: str, settings: Settings, path: Path, device: str) -> Backend:
+    """SPLADE, multi-vector and cross-encoder models: torch, fp32 unless asked otherwise.
+
+    `auto` keeps them exact: the fidelity guard measures dense vectors, and their outputs need
+    guards of their own (sparse: weight cosine and top terms) before a fast mode may be picked
+    for them. A SPLADE model may still be asked for fp16/bf16: its pooled term weights are what
+    the guard then compares.
+    """
+    explicit_backend = settings.backend != "auto"
+    if explicit_backend and backend != "torch":
+        raise ModelLoadError(f"{kind.name} models run on --backend torch (the ONNX backend serves {', '.join(ONNX_KINDS)})")
+    if settings.dtype == "auto":
+        dtype = "fp32"
+    elif dtype == "int8" or (dtype != "fp32" and kind.name != "splade"):
+        raise ModelLoadError(f"{kind.name} models run in fp32 so far, not {dtype}")
+    backend_obj = TorchBackend(path, device=device, threads=intra_op_threads(settings), dtype=dtype, kind=kind)
+    fidelity = backend_obj.info.fidelity
+    if fidelity is not None and fidelity.mean_cosine < settings.min_fidelity:
+        raise FidelityTooLow(
+            f"refusing {path}: {fidelity.mode} keeps a mean cosine of {fidelity.mean_cosine:.6f} to {fidelity.reference}, "
+            f"below --min-fidelity {settings.min_fidelity}"
+        )
+    return backend_obj
 
 
 def _try_cpu_bf16(settings: Settings, path: Path) -> Backend | None:

@@ -1,7 +1,9 @@
 """A deterministic backend for fast tests: no weights, records batches, injects faults.
 
 Vectors depend only on an input's token ids, so a test can tell whether each caller got its
-own vector back, whatever batch it was computed in.
+own vector back, whatever batch it was computed in. Given more tasks than `embed`, it also
+gives sparse term weights and per-token vectors that depend only on the token ids
+(`sparse_for`, `multivector_for`), and records which tasks every batch computed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from embedserve.backends.base import Backend, Batch, ModelInfo, TokenIds
+from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, SparseVector, TokenIds
+from embedserve.backends.heads import l2_normalize, max_per_id
+from embedserve.models.tasks import Task
 
 CLS, SEP, PAD = 1, 2, 0
 
@@ -32,6 +36,8 @@ class FakeBackend(Backend):
         normalize: bool = True,
         delay: float = 0.0,
         prompts: dict[str, str] | None = None,
+        tasks: frozenset[Task] = frozenset({Task.EMBED}),
+        multivector_dimension: int = 4,
     ):
         self.info = ModelInfo(
             dimension=dimension,
@@ -42,8 +48,12 @@ class FakeBackend(Backend):
             device="cpu",
             backend="fake",
             prompts=prompts or {},
+            tasks=tasks,
+            kind="fake",
+            multivector_dimension=multivector_dimension if Task.MULTIVECTOR in tasks else None,
         )
         self.pad_id = PAD
+        self.batch_tasks: list[frozenset[Task]] = []  # the tasks every batch computed, in order
         self.delay = delay
         self.batch_sizes: list[int] = []
         self.batches: list[list[TokenIds]] = []  # the token ids of every batch run, in order
@@ -95,3 +105,33 @@ class FakeBackend(Backend):
         """The (unnormalised) vector any batch gives for these token ids."""
         seed = zlib.crc32(np.asarray(ids, dtype=np.int64).tobytes())
         return np.random.default_rng(seed).standard_normal(self.info.dimension).astype(np.float32) + 0.5
+
+    def encode(self, batch: Batch, tasks: frozenset[Task]) -> Outputs:
+        with self._lock:
+            self.batch_tasks.append(tasks)
+        return super().encode(batch, tasks)
+
+    def heads(self, batch: Batch, hidden: np.ndarray, tasks: frozenset[Task]) -> Outputs:
+        out = Outputs()
+        if Task.EMBED in tasks:
+            out.dense = self.pool(batch, hidden)
+        rows = [hidden[row][batch.attention_mask[row] == 1].tolist() for row in range(batch.size)]
+        if Task.SPARSE in tasks:
+            out.sparse = [self.sparse_for(ids) for ids in rows]
+        if Task.MULTIVECTOR in tasks:
+            out.multivector = [self.multivector_for(ids) for ids in rows]
+        return out
+
+    def sparse_for(self, ids: TokenIds) -> SparseVector:
+        """Weights in [0, 1) from each id alone (some 0: dropped), the largest per id; CLS/SEP/PAD dropped."""
+        weights = np.array([(i * 7919 % 10) / 10 for i in ids], dtype=np.float32)
+        return max_per_id(np.asarray(ids, dtype=np.int64), weights, np.array([PAD, CLS, SEP]))
+
+    def multivector_for(self, ids: TokenIds) -> np.ndarray:
+        """One unit vector per token after CLS, from that token's id alone."""
+        dim = self.info.multivector_dimension or 4
+        vectors = [np.random.default_rng(int(i)).standard_normal(dim) for i in ids[1:]]
+        return l2_normalize(np.asarray(vectors, dtype=np.float32).reshape(-1, dim))
+
+    def token_texts(self, ids) -> list[str]:
+        return [f"t{int(i)}" for i in ids]

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from embedserve.backends import fidelity
-from embedserve.backends.base import Backend, Batch, TokenIds
+from embedserve.backends.base import Backend, Batch, Outputs, TokenIds
+from embedserve.backends.heads import BgeM3Heads
 from embedserve.backends.onnx_export import (
     GraphCache,
     cache_key,
@@ -35,7 +36,9 @@ from embedserve.backends.smoothing import (
     layer_norm_fed_inputs,
     smooth_graph,
 )
-from embedserve.backends.torch_backend import TorchBackend, physical_cores
+from embedserve.backends.torch_backend import TorchBackend, model_outputs, physical_cores
+from embedserve.errors import ModelLoadError
+from embedserve.models.tasks import Task
 
 if TYPE_CHECKING:
     # Imported for real by onnx_export, which first turns ONNX Runtime's telemetry off.
@@ -44,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# The graph is the encoder up to its token states; these kinds' heads all read token states.
+ONNX_KINDS = ("sentence-transformer", "bge-m3")
 
 
 class OnnxBackend(Backend):
@@ -61,6 +66,12 @@ class OnnxBackend(Backend):
             raise ValueError(f"the ONNX backend runs fp32 or int8 on CPU, not {dtype}")
         path = Path(path)
         self._torch = TorchBackend(path, device="cpu", threads=threads)
+        self.kind = self._torch.kind
+        if self.kind.name not in ONNX_KINDS:
+            raise ModelLoadError(
+                f"the ONNX backend serves {' and '.join(ONNX_KINDS)} models so far, and this is a {self.kind.name} "
+                "model: run it with --backend torch"
+            )
         self.pad_id = self._torch.pad_id
         self._inputs = [name for name in _GRAPH_INPUTS if name in self._torch.model_input_names]
         self._threads = threads or physical_cores()
@@ -162,6 +173,9 @@ class OnnxBackend(Backend):
     def wrap_ids(self, ids: Sequence[TokenIds], *, truncate: bool) -> list[TokenIds]:
         return self._torch.wrap_ids(ids, truncate=truncate)
 
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return self._torch.token_texts(ids)
+
     def limit_sequence_length(self, max_seq_length: int) -> None:
         self._torch.limit_sequence_length(max_seq_length)
         super().limit_sequence_length(self._torch.info.max_seq_length)
@@ -175,8 +189,15 @@ class OnnxBackend(Backend):
     def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
         feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if "token_type_ids" in self._inputs:
-            feeds["token_type_ids"] = np.zeros_like(batch.input_ids)
+            feeds["token_type_ids"] = batch.segment_ids()
         return feeds
+
+    @property
+    def m3_heads(self) -> BgeM3Heads | None:
+        return self._torch.m3_heads
+
+    def heads(self, batch: Batch, hidden: np.ndarray, tasks: frozenset[Task]) -> Outputs:
+        return model_outputs(self, batch, hidden, tasks, lambda: hidden)
 
     def pool(self, batch: Batch, hidden: np.ndarray) -> np.ndarray:
         if self._torch.mean_pooling_only:

@@ -140,3 +140,7 @@ class HFTokenizer:
     def wrap_ids(self, ids: Sequence[TokenIds], *, truncate: bool) -> list[TokenIds]:
         room = self.max_length - len(self._prefix) - len(self._suffix)
         return [[*self._prefix, *(seq[:room] if truncate else seq), *self._suffix] for seq in ids]
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """Each id's text as the tokenizer decodes it alone (FlagEmbedding's `convert_id_to_token`)."""
+        return [self._tok.decode([int(i)]) for i in ids]

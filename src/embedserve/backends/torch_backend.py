@@ -1,9 +1,12 @@
 """sentence-transformers / transformers on torch, CPU or CUDA.
 
 The model is loaded with sentence-transformers so that its own module stack (Transformer,
-Pooling, Dense, Normalize) and its config (max_seq_length, prompts) are honoured. We run the
-first module as `forward` and the rest, minus Normalize, as `pool`: normalisation is applied
-by the engine so that raw pooled vectors stay available.
+Pooling, Dense, Normalize) and its config (max_seq_length, prompts) are honoured; which class
+reads it (SentenceTransformer, SparseEncoder, CrossEncoder) is what the folder says it is
+(models/tasks.py). We run the first module as `forward` and the rest, minus Normalize, as
+`pool`: normalisation is applied by the engine so that raw pooled vectors stay available. For a
+SPLADE model `pool` is SpladePooling (a vocabulary-sized row); for BGE-M3 the sparse and
+ColBERT heads (backends/heads.py) read the same forward pass's token states.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import numpy as np
 import torch
 
 from embedserve.backends import fidelity
-from embedserve.backends.base import Backend, Batch, ModelInfo, TokenIds
+from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, TokenIds
+from embedserve.backends.heads import BgeM3Heads, sparse_rows
 from embedserve.backends.tokenization import HFTokenizer
 from embedserve.errors import ModelLoadError
+from embedserve.models.tasks import ModelKind, Task, detect_kind
 
 log = logging.getLogger(__name__)
 
@@ -89,18 +94,28 @@ def _pooling_name(module: torch.nn.Module) -> str:
     return type(module).__name__.lower()
 
 
+def _loader(kind: ModelKind):
+    import sentence_transformers as st
+
+    return getattr(st, kind.loader)
+
+
 class TorchBackend(Backend):
-    def __init__(self, path: str | Path, *, device: str = "auto", threads: int = 0, dtype: str = "fp32"):
-        from sentence_transformers import SentenceTransformer
+    def __init__(
+        self, path: str | Path, *, device: str = "auto", threads: int = 0, dtype: str = "fp32",
+        kind: ModelKind | None = None,
+    ):
         from sentence_transformers.base.modules.normalize import Normalize
 
+        path = Path(path)
+        self.kind = kind = kind or detect_kind(path)
         self.device = pick_device(device)
         if self.device == "cpu":
             torch.set_num_threads(threads or physical_cores())
         elif self.device.startswith("cuda"):
             avoid_per_shape_attention_plans()
         try:
-            st = SentenceTransformer(str(path), device=self.device, local_files_only=True)
+            st = _loader(kind)(str(path), device=self.device, local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - any loader failure is a load error
             raise ModelLoadError(f"could not load model from {path}: {exc}") from exc
         st.eval()
@@ -114,26 +129,38 @@ class TorchBackend(Backend):
         hf_tok = st.tokenizer
         config = getattr(self.transformer_model, "config", None)
         self._position_limit = usable_positions(config)
-        limit = min(st.max_seq_length or self._position_limit, self._position_limit)
+        limit = min(getattr(st, "max_seq_length", None) or self._position_limit, self._position_limit)
         self._tokenizer = HFTokenizer(hf_tok, int(limit))
         self.model_input_names = list(getattr(hf_tok, "model_input_names", ["input_ids", "attention_mask"]))
         self.pad_id = self._tokenizer.pad_id
         self._st = st
+        self._m3: BgeM3Heads | None = None
+        if kind.name == "bge-m3":
+            self._m3 = BgeM3Heads(path, [getattr(hf_tok, f"{t}_token_id", None) for t in ("cls", "eos", "pad", "unk")])
+            self._m3.check_hidden_size(int(config.hidden_size))
+        dimension = st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension") else None
         self.info = ModelInfo(
-            dimension=int(st.get_embedding_dimension()),
+            dimension=int(dimension or 0),
             max_seq_length=int(limit),
             pooling=pooling,
             normalize=normalize,
             vocab_size=self._tokenizer.vocab_size,
             device=self.device,
             backend="torch",
-            prompts=dict(st.prompts or {}),
-            default_prompt_name=st.default_prompt_name,
+            prompts=dict(getattr(st, "prompts", None) or {}),
+            default_prompt_name=getattr(st, "default_prompt_name", None),
+            tasks=kind.tasks,
+            kind=kind.name,
+            multivector_dimension=self._m3.colbert_dimension if self._m3 else None,
         )
         if dtype != "fp32":
             self._reduce_precision(dtype)
         self.info = replace(self.info, weights_bytes=sum(p.numel() * p.element_size() for p in st.parameters()))
         log.info("loaded %s on %s: %s", path, self.device, self.info)
+
+    @property
+    def m3_heads(self) -> BgeM3Heads | None:
+        return self._m3
 
     @property
     def transformer_model(self) -> torch.nn.Module:
@@ -189,11 +216,17 @@ class TorchBackend(Backend):
     def wrap_ids(self, ids: Sequence[TokenIds], *, truncate: bool) -> list[TokenIds]:
         return self._tokenizer.wrap_ids(ids, truncate=truncate)
 
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return self._tokenizer.token_texts(ids)
+
     def features(self, batch: Batch) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(batch.input_ids).to(self.device)
         feats = {"input_ids": ids, "attention_mask": torch.from_numpy(batch.attention_mask).to(self.device)}
         if "token_type_ids" in self.model_input_names:
-            feats["token_type_ids"] = torch.zeros_like(ids)
+            if batch.token_type_ids is None:
+                feats["token_type_ids"] = torch.zeros_like(ids)
+            else:
+                feats["token_type_ids"] = torch.from_numpy(batch.token_type_ids).to(self.device)
         return feats
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -216,3 +249,24 @@ class TorchBackend(Backend):
             for module in self._poolers:
                 features = module(features)
             return features["sentence_embedding"].float().cpu().numpy()
+
+    def heads(self, batch: Batch, hidden: dict[str, torch.Tensor], tasks: frozenset[Task]) -> Outputs:
+        if self.kind.name == "splade":
+            return Outputs(sparse=sparse_rows(self.pool(batch, hidden)))
+        return model_outputs(self, batch, hidden, tasks, lambda: hidden["token_embeddings"].float().cpu().numpy())
+
+
+def model_outputs(backend: Backend, batch: Batch, hidden, tasks: frozenset[Task], states) -> Outputs:
+    """Dense from the model's pooling; BGE-M3's sparse and ColBERT from the token states
+    (`states()` gives them as float32 numpy, computed only when a head needs them)."""
+    out = Outputs()
+    if Task.EMBED in tasks:
+        out.dense = backend.pool(batch, hidden)
+    m3: BgeM3Heads | None = getattr(backend, "m3_heads", None)
+    if m3 is not None and (Task.SPARSE in tasks or Task.MULTIVECTOR in tasks):
+        token_states = states()
+        if Task.SPARSE in tasks:
+            out.sparse = m3.sparse(batch, token_states)
+        if Task.MULTIVECTOR in tasks:
+            out.multivector = m3.colbert(batch, token_states)
+    return out

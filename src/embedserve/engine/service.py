@@ -1,9 +1,11 @@
-"""The embedding service: what every HTTP route calls to embed text.
+"""The encoding service: what every HTTP route calls to turn inputs into outputs.
 
-Validates inputs in model terms (empty, invalid text, token ids out of vocabulary, too
-long), applies the model's query/document prefix, tokenizes off the event loop, queues on
-the model's worker, then normalises and cuts dimensions. Routes get numpy float32 arrays
-back; they never see tensors or backends.
+A route asks for tasks (dense, sparse, multi-vector) of a model, never for its class. The
+service checks the model does them (400 naming its tasks otherwise) before anything is queued,
+validates the inputs, applies the model's query/document prefix, tokenizes (off the event loop
+unless tiny), queues on the model's worker, and finishes the outputs (engine/processing.py:
+the same plain functions bulk embedding uses). Routes get numpy arrays and SparseVectors back;
+they never see tensors or backends. The model pool is reached through `service.pool` only.
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedserve.backends.base import TokenIds
+from embedserve.backends.base import Outputs, SparseVector, TokenIds
+from embedserve.engine import processing
 from embedserve.engine.model_pool import BackendFactory, LoadedModel, ModelPool
-from embedserve.engine.worker import EngineObserver
-from embedserve.errors import BadRequest, InvalidInput, Overloaded, TooManyTokens
+from embedserve.engine.processing import Inputs
+from embedserve.engine.worker import DENSE, EngineObserver
+from embedserve.errors import InvalidInput, Overloaded, TooManyTokens, WrongTask
 from embedserve.models.families import InputType
 from embedserve.models.registry import ModelResolver
+from embedserve.models.tasks import Task
 from embedserve.settings import Settings
 
 INLINE_TOKENIZE_INPUTS = 8  # requests at most this small are tokenized on the event loop
 INLINE_TOKENIZE_CHARS = 2048
 
-Inputs = Sequence[str] | Sequence[Sequence[int]]
+_TASK_WORDS = {Task.EMBED: "dense embeddings", Task.SPARSE: "sparse embeddings", Task.MULTIVECTOR: "multi-vector embeddings"}
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,31 @@ class EmbedResult:
     model: str
     vectors: np.ndarray  # float32 [n, dim]
     prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    """The outputs asked for, per input in order (None: not asked)."""
+
+    model: LoadedModel
+    dense: np.ndarray | None
+    sparse: list[SparseVector] | None
+    multivector: list[np.ndarray] | None
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class SparseOptions:
+    top_k: int | None = None  # keep the heaviest k terms
+    min_weight: float | None = None  # drop terms lighter than this
+
+
+def require_tasks(model: LoadedModel, tasks: frozenset[Task]) -> None:
+    """400 naming the model and its tasks when it lacks one of `tasks`."""
+    have = model.info.tasks
+    for task in Task:
+        if task in tasks and task not in have:
+            raise WrongTask(model.id, _TASK_WORDS.get(task, task.value), [t.value for t in Task if t in have])
 
 
 class EmbeddingService:
@@ -48,30 +78,6 @@ class EmbeddingService:
         self._observer = observer or EngineObserver()
         self.pool = ModelPool(settings, backend_factory, resolver=resolver, observer=self._observer)
 
-    # ---- models (delegated to the pool) --------------------------------------------------
-    @property
-    def models(self) -> list[LoadedModel]:
-        return self.pool.models
-
-    @property
-    def default_model(self) -> LoadedModel | None:
-        return self.pool.default_model
-
-    def get(self, name: str | None) -> LoadedModel:
-        return self.pool.get(name)
-
-    async def load_all(self, names: Sequence[str]) -> None:
-        await self.pool.load_all(names)
-
-    async def load(self, name: str) -> LoadedModel:
-        return await self.pool.load(name)
-
-    async def unload(self, name: str | None) -> LoadedModel:
-        return await self.pool.unload(name)
-
-    async def close(self) -> None:
-        await self.pool.close()
-
     def all_queues_full(self) -> Overloaded | None:
         """The 429 to answer at once when every loaded model's queue is full (else None).
         Runs before every queueing request's body is read: no copy of the model list."""
@@ -85,7 +91,7 @@ class EmbeddingService:
             return next(iter(models)).worker.overloaded()
         return Overloaded("every model's queue is full; retry later")
 
-    # ---- embedding ----------------------------------------------------------------------
+    # ---- encoding ----------------------------------------------------------------------
     async def embed(
         self,
         name: str | None,
@@ -95,37 +101,67 @@ class EmbeddingService:
         normalize: bool | None = None,
         input_type: InputType | None = None,
     ) -> EmbedResult:
-        """Vectors for `inputs` (texts or token-id lists), in order.
+        """Dense vectors for `inputs` (texts or token-id lists), in order.
 
         `normalize=None` keeps the model's own choice; `input_type` picks the model's query or
         document prefix; `dimensions` cuts the vectors and renormalises them.
         """
-        self._check_inputs(inputs)
+        result = await self.encode(name, inputs, DENSE, dimensions=dimensions, normalize=normalize, input_type=input_type)
+        return EmbedResult(result.model.id, result.dense, result.prompt_tokens)
+
+    async def encode(
+        self,
+        name: str | None,
+        inputs: Inputs,
+        tasks: frozenset[Task],
+        *,
+        dimensions: int | None = None,
+        normalize: bool | None = None,
+        input_type: InputType | None = None,
+        sparse: SparseOptions | None = None,
+        truncate: bool | None = None,
+        prompt_name: str | None = None,
+    ) -> EncodeResult:
+        """Every output in `tasks` for `inputs`, from one forward pass per batch.
+
+        `prompt_name` picks one of the model's own prompts by name (TEI's field) instead of the
+        query/document prefix; `truncate` overrides --truncate for this request.
+        """
+        processing.check_inputs(inputs, self.settings.max_inputs)
         model = await self.pool.get_or_load(name)
+        require_tasks(model, tasks)
         info = model.info
-        if dimensions is not None and not 1 <= dimensions <= info.dimension:
-            raise BadRequest(
-                f"dimensions must be between 1 and {info.dimension} for model '{model.id}', got {dimensions}",
-                param="dimensions",
-            )
-        prefix = model.prompts.prefix(input_type)
+        if Task.EMBED in tasks:
+            processing.check_dimensions(dimensions, info.dimension, model.id)
+        prefix = model.prompts.prefix(input_type) if prompt_name is None else self._prompt(model, prompt_name)
+        truncate = self.settings.truncate if truncate is None else truncate
         with model.worker.admit() as admission:
             if self._small(inputs):  # a thread hop costs more than tokenizing a few sentences
-                sequences = self._tokenize(model, inputs, prefix)
+                sequences = self._tokenize(model, inputs, prefix, truncate)
             else:
-                sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix)
+                sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix, truncate)
             tokens = sum(len(s) for s in sequences)
             self._check_tokens(tokens)
             self._observer.tokens(model.id, tokens)
             # --request-timeout bounds the queue wait and inference: the worker fails the request then.
-            vectors = await model.worker.embed(sequences, admission)
-        if dimensions is not None and dimensions < info.dimension:
-            vectors = np.ascontiguousarray(vectors[:, :dimensions])
-            normalize = True
-        if info.normalize if normalize is None else normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.maximum(norms, 1e-12)
-        return EmbedResult(model.id, vectors.astype(np.float32, copy=False), tokens)
+            outputs: Outputs = await model.worker.encode(sequences, admission, tasks)
+        dense = outputs.dense
+        if dense is not None:
+            dense = processing.finish_dense(
+                dense, normalize=info.normalize if normalize is None else normalize, dimensions=dimensions
+            )
+        terms = outputs.sparse
+        if terms is not None and sparse is not None and (sparse.top_k is not None or sparse.min_weight is not None):
+            terms = [processing.finish_sparse(v, top_k=sparse.top_k, min_weight=sparse.min_weight) for v in terms]
+        return EncodeResult(model, dense, terms, outputs.multivector, tokens)
+
+    @staticmethod
+    def _prompt(model: LoadedModel, name: str) -> str:
+        prompts = model.info.prompts
+        if name not in prompts:
+            known = ", ".join(sorted(prompts)) or "none"
+            raise InvalidInput(f"model '{model.id}' has no prompt named '{name}' (its prompts: {known})", param="prompt_name")
+        return prompts[name]
 
     def _check_tokens(self, tokens: int) -> None:
         limit = self.settings.max_request_tokens
@@ -143,49 +179,6 @@ class EmbeddingService:
         profiling showed as a tenth of the loop's time under single-sentence traffic."""
         return len(inputs) <= INLINE_TOKENIZE_INPUTS and sum(len(item) for item in inputs) <= INLINE_TOKENIZE_CHARS
 
-    def _check_inputs(self, inputs: Inputs) -> None:
-        if len(inputs) == 0:
-            raise InvalidInput("'input' must not be empty", param="input")
-        if len(inputs) > self.settings.max_inputs:
-            raise InvalidInput(
-                f"'input' has {len(inputs)} items; at most {self.settings.max_inputs} are allowed per request",
-                param="input",
-            )
-        for i, item in enumerate(inputs):
-            if len(item) == 0:
-                kind = "string" if isinstance(item, str) else "token list"
-                raise InvalidInput(f"input[{i}] is an empty {kind}", param=f"input[{i}]")
-            if isinstance(item, str) and not item.isascii():
-                try:
-                    item.encode("utf-8")
-                except UnicodeEncodeError:  # a lone surrogate such as "\ud800" is valid JSON, not text
-                    raise InvalidInput(
-                        f"input[{i}] is not valid Unicode text (it has an unpaired surrogate)", param=f"input[{i}]"
-                    ) from None
-
-    def _tokenize(self, model: LoadedModel, inputs: Inputs, prefix: str) -> list[TokenIds]:
-        backend, info = model.worker.backend, model.info
-        truncate = self.settings.truncate
-        if isinstance(inputs[0], str):
-            texts = [prefix + t for t in inputs] if prefix else list(inputs)
-            sequences = backend.tokenize(texts, truncate=truncate)
-        else:
-            for i, ids in enumerate(inputs):
-                bad = next((t for t in ids if not 0 <= t < info.vocab_size), None)
-                if bad is not None:
-                    raise InvalidInput(
-                        f"input[{i}] has token id {bad}, outside the vocabulary of model '{model.id}' "
-                        f"(0..{info.vocab_size - 1})",
-                        param=f"input[{i}]",
-                    )
-            sequences = backend.wrap_ids(inputs, truncate=truncate)
-        if not truncate:
-            for i, seq in enumerate(sequences):
-                if len(seq) > info.max_seq_length:
-                    raise InvalidInput(
-                        # "at least": a long text is tokenized only as far as needed to know it is too long
-                        f"input[{i}] has at least {len(seq)} tokens; model '{model.id}' accepts at most "
-                        f"{info.max_seq_length} and truncation is off",
-                        param=f"input[{i}]",
-                    )
-        return sequences
+    @staticmethod
+    def _tokenize(model: LoadedModel, inputs: Inputs, prefix: str, truncate: bool) -> list[TokenIds]:
+        return processing.tokenize_inputs(model.worker.backend, model.id, inputs, prefix=prefix, truncate=truncate)

@@ -35,10 +35,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedserve.backends.base import Backend, Batch, ModelInfo, TokenIds
+from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, TokenIds
 from embedserve.engine.batcher import plan_batches
 from embedserve.engine.deadlines import Deadlines
 from embedserve.errors import BackendFailure, NotReady, Overloaded, RequestTimeout
+from embedserve.models.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ GATHER_WAIT = 0.002  # seconds a free worker waits for requests that are still t
 GATHER_ENOUGH = 16  # ...unless this many inputs already wait: then the batch is worth running now
 RESTART_BACKOFF = (0.5, 30.0)  # seconds before restarting a dead loop: first, and most after doubling
 FAIR_WEIGHT = 2.0  # how much faster than the engine time it uses a busy request's virtual time runs
+DENSE = frozenset({Task.EMBED})
+_FIELD = {Task.EMBED: "dense", Task.SPARSE: "sparse", Task.MULTIVECTOR: "multivector"}
 
 
 class EngineObserver:
@@ -66,7 +69,8 @@ class EngineObserver:
 
 @dataclass(eq=False)
 class _Request:
-    vectors: np.ndarray
+    outputs: Outputs  # filled row by row as its inputs' batches return
+    tasks: frozenset[Task]
     future: asyncio.Future
     remaining: int
     enqueued: float = field(default_factory=time.perf_counter)
@@ -75,6 +79,24 @@ class _Request:
 
     def __post_init__(self) -> None:
         self.due = self.enqueued
+
+    def store(self, index: int, batch: Outputs, row: int) -> None:
+        """Input `index`'s outputs, row `row` of a batch that computed at least this request's tasks."""
+        mine = self.outputs
+        if mine.dense is not None:
+            mine.dense[index] = batch.dense[row]
+        if mine.sparse is not None:
+            mine.sparse[index] = batch.sparse[row]
+        if mine.multivector is not None:
+            mine.multivector[index] = batch.multivector[row]
+
+
+def _empty_outputs(tasks: frozenset[Task], count: int, dimension: int) -> Outputs:
+    return Outputs(
+        dense=np.empty((count, dimension), dtype=np.float32) if Task.EMBED in tasks else None,
+        sparse=[None] * count if Task.SPARSE in tasks else None,
+        multivector=[None] * count if Task.MULTIVECTOR in tasks else None,
+    )
 
 
 def _padded(batch: Sequence[_Item]) -> int:
@@ -205,12 +227,23 @@ class ModelWorker:
 
     async def embed(self, sequences: Sequence[TokenIds], admission: Admission | None = None) -> np.ndarray:
         """Pooled (unnormalised) vectors for `sequences`, in order. Call inside `admit()`."""
+        return (await self.encode(sequences, admission, DENSE)).dense
+
+    async def encode(
+        self, sequences: Sequence[TokenIds], admission: Admission | None = None, tasks: frozenset[Task] = DENSE
+    ) -> Outputs:
+        """The outputs in `tasks` for `sequences`, in order. Call inside `admit()`.
+
+        Inputs of requests asking for different outputs share batches: a batch computes the
+        union of its requests' tasks from one forward pass.
+        """
         if admission is not None and not admission.submitted:
             admission.submitted = True
             self._arriving -= 1
         loop = asyncio.get_running_loop()
         request = _Request(
-            vectors=np.empty((len(sequences), self.backend.info.dimension), dtype=np.float32),
+            outputs=_empty_outputs(tasks, len(sequences), self.backend.info.dimension),
+            tasks=tasks,
             future=loop.create_future(),
             remaining=len(sequences),
         )
@@ -334,13 +367,15 @@ class ModelWorker:
             self._settle(planned, -estimate)
             return
         started = time.perf_counter()
-        for request in {item.request for item in batch}:
+        requests = {item.request for item in batch}
+        for request in requests:
             if not request.started:
                 request.started = True
                 self.observer.queue_time(self.name, started - request.enqueued)
         loop = asyncio.get_running_loop()
+        tasks = next(iter(requests)).tasks if len(requests) == 1 else frozenset().union(*(r.tasks for r in requests))
         try:
-            vectors = await loop.run_in_executor(self._executor, self._infer, [i.ids for i in batch])
+            outputs = await loop.run_in_executor(self._executor, self._infer, [i.ids for i in batch], tasks)
         except Exception as exc:  # noqa: BLE001 - a backend fault fails this batch only
             log.error("inference failed for model %s (batch of %d): %r", self.name, len(batch), exc)
             self._fail(batch, BackendFailure(f"inference failed for model '{self.name}': {exc}"))
@@ -351,20 +386,24 @@ class ModelWorker:
         if seconds > 0:
             rate = _padded(batch) / seconds
             self._token_rate = rate if self._token_rate is None else 0.8 * self._token_rate + 0.2 * rate
-        for item, vector in zip(batch, vectors, strict=True):
+        for row, item in enumerate(batch):
             request = item.request
             if request.future.done():
                 continue
-            request.vectors[item.index] = vector
+            request.store(item.index, outputs, row)
             request.remaining -= 1
             if request.remaining == 0:
-                request.future.set_result(request.vectors)
+                request.future.set_result(request.outputs)
 
-    def _infer(self, sequences: list[TokenIds]) -> np.ndarray:
-        vectors = self.backend.embed(Batch.from_ids(sequences, pad_id=self.backend.pad_id))
-        if vectors.shape[0] != len(sequences):
-            raise RuntimeError(f"backend returned {vectors.shape[0]} vectors for {len(sequences)} inputs")
-        return vectors
+    def _infer(self, sequences: list[TokenIds], tasks: frozenset[Task]) -> Outputs:
+        outputs = self.backend.encode(Batch.from_ids(sequences, pad_id=self.backend.pad_id), tasks)
+        for name, rows in (("dense", outputs.dense), ("sparse", outputs.sparse), ("multivector", outputs.multivector)):
+            if rows is not None and len(rows) != len(sequences):
+                raise RuntimeError(f"backend returned {len(rows)} {name} outputs for {len(sequences)} inputs")
+        for task in tasks:
+            if task in (Task.EMBED, Task.SPARSE, Task.MULTIVECTOR) and getattr(outputs, _FIELD[task]) is None:
+                raise RuntimeError(f"backend computed no {task.value} output")
+        return outputs
 
     def _fail_waiting(self, error: Exception) -> None:
         """Fail every input not yet sent to a thread (new arrivals and the plan), and forget them."""

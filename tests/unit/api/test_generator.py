@@ -20,7 +20,7 @@ URL = "/embeddings"
 INFO_KEYS = {
     "model_name", "aliases", "source", "dimensions", "max_seq_length", "device", "backend", "pooling",
     "normalize", "family", "prefixes", "load_seconds", "loaded_at", "dtype", "fidelity", "resident_memory_bytes",
-    "weights_bytes", "speedup_vs_fp32",
+    "weights_bytes", "speedup_vs_fp32", "kind", "tasks", "multivector_dimensions",
 }  # fmt: skip
 
 
@@ -188,6 +188,7 @@ def test_model_info_describes_the_default_model(make_client):
     assert info["aliases"] == ["fake-model", MODEL]
     assert (info["dimensions"], info["max_seq_length"], info["device"]) == (DIM, 16, "cpu")
     assert (info["backend"], info["pooling"], info["normalize"]) == ("fake", "mean", True)
+    assert (info["kind"], info["tasks"], info["multivector_dimensions"]) == ("fake", ["embed"], None)
     assert info["family"] == "generic"
     assert info["prefixes"] == {"query": "q: ", "document": "d: ", "default": "", "source": "model config"}
     assert isinstance(info["load_seconds"], float) and info["load_seconds"] >= 0

@@ -115,7 +115,8 @@ def test_openai_style_is_the_default(client):
     body = client.get("/v1/models").json()
     assert body["object"] == "list"
     assert [card["id"] for card in body["data"]] == [MODEL]
-    assert set(body["data"][0]) == {"id", "object", "created", "owned_by"}
+    assert set(body["data"][0]) == {"id", "object", "created", "owned_by", "tasks"}
+    assert body["data"][0]["tasks"] == ["embed"]
 
 
 def test_names_style_is_validated():

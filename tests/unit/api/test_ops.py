@@ -275,7 +275,7 @@ def test_list_models(client):
     body = r.json()
     assert set(body) == {"object", "data"} and body["object"] == "list"
     (card,) = body["data"]
-    assert set(card) == {"id", "object", "created", "owned_by"}
+    assert set(card) == {"id", "object", "created", "owned_by", "tasks"}
     assert card["id"] == MODEL and card["object"] == "model"
     assert isinstance(card["created"], int) and abs(card["created"] - time.time()) < 3600
     assert isinstance(card["owned_by"], str) and card["owned_by"]

@@ -48,7 +48,7 @@ async def test_a_client_that_disconnects_while_queued_is_dropped_before_its_inpu
         assert not ran(backend, [12]) and not ran(backend, [13])  # dropped from the queue, never computed
         metrics = (await request(app, "GET", "/metrics")).body.decode()
         assert metric(metrics, 499) == 1.0  # counted as the client closing the request
-        assert app.state.service.get(MODEL).worker.depth == 0
+        assert app.state.service.pool.get(MODEL).worker.depth == 0
 
 
 async def test_a_body_cut_short_by_a_disconnect_is_never_run():
@@ -93,7 +93,7 @@ async def test_request_timeout_answers_503_and_the_work_leaves_the_queue():
         assert (await first).status == 503  # 0.4 s of inference is past 0.2 s too
         await asyncio.sleep(0.5)
         assert not ran(backend, [42])  # it timed out while queued: never computed
-        assert app.state.service.get(MODEL).worker.depth == 0
+        assert app.state.service.pool.get(MODEL).worker.depth == 0
 
 
 async def test_a_request_with_more_tokens_than_max_request_tokens_is_413():

@@ -18,9 +18,17 @@ from embedserve.backends import factory
 from embedserve.backends.base import Fidelity, ModelInfo
 from embedserve.backends.factory import build_backend, choose_mode
 from embedserve.errors import FidelityTooLow, ModelLoadError
+from embedserve.models.tasks import ModelKind, Task
 from embedserve.settings import Settings
 
 MODEL_PATH = Path("/models/acme--encoder")
+DENSE_KIND = ModelKind("sentence-transformer", frozenset({Task.EMBED}), "SentenceTransformer", "test")
+
+
+@pytest.fixture(autouse=True)
+def _a_dense_model(monkeypatch):
+    """MODEL_PATH holds no files: build_backend is told it is a dense embedder (models/tasks.py reads real folders)."""
+    monkeypatch.setattr(factory, "detect_kind", lambda path: DENSE_KIND)
 
 # ---- choose_mode: every combination -----------------------------------------------------
 

@@ -259,14 +259,14 @@ async def test_unload_of_a_model_that_is_not_loaded_is_404():
 async def test_a_request_in_flight_during_unload_completes():
     factory = CountingFactory()
     service = make_service(factory)
-    model = await service.load("org/a")
+    model = await service.pool.load("org/a")
     backend: FakeBackend = model.worker.backend
     backend.delay = 0.3  # inference is slow: the request is mid-batch when the unload starts
     request = asyncio.create_task(service.embed("org/a", ["hello world"]))
     await wait_for(lambda: len(backend.batch_sizes) == 1)
     assert not request.done()
 
-    await service.unload("org/a")
+    await service.pool.unload("org/a")
 
     assert request.done()
     result = request.result()
@@ -274,18 +274,18 @@ async def test_a_request_in_flight_during_unload_completes():
     expected = backend.vector_for(ids)
     np.testing.assert_allclose(result.vectors[0], expected / np.linalg.norm(expected), rtol=1e-6)
     assert result.model == "org/a" and result.prompt_tokens == len(ids)
-    assert worker_is_closed(model) and service.models == []
-    await service.close()
+    assert worker_is_closed(model) and service.pool.models == []
+    await service.pool.close()
 
 
 async def test_requests_after_unload_load_the_model_again():
     factory = CountingFactory()
     service = make_service(factory)
     await service.embed("org/a", ["x"])
-    await service.unload("org/a")
+    await service.pool.unload("org/a")
     result = await service.embed("org/a", ["x"])
     assert result.model == "org/a" and factory.calls == 2
-    await service.close()
+    await service.pool.close()
 
 
 # ---- LRU eviction -----------------------------------------------------------------------
@@ -324,14 +324,14 @@ async def test_an_embed_request_counts_as_use():
     await asyncio.sleep(0.001)
     await service.embed("a", ["three"])  # by alias
     await service.embed("org/c", ["four"])
-    assert {m.id for m in service.models} == {"org/a", "org/c"}
+    assert {m.id for m in service.pool.models} == {"org/a", "org/c"}
     # the evicted model comes back on demand, evicting the now least recently used (org/a)
     await asyncio.sleep(0.001)
     await service.embed("org/c", ["five"])
     await service.embed("org/b", ["six"])
-    assert {m.id for m in service.models} == {"org/b", "org/c"}
+    assert {m.id for m in service.pool.models} == {"org/b", "org/c"}
     assert factory.calls == 4
-    await service.close()
+    await service.pool.close()
 
 
 async def test_max_loaded_models_zero_means_no_limit():
