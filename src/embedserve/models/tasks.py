@@ -93,13 +93,18 @@ def detect_kind(path: Path) -> ModelKind:
             return ModelKind("splade", frozenset({Task.SPARSE}), "SparseEncoder", f"architecture {arch} (SPLADE)")
         if arch.endswith("ForSequenceClassification"):
             return ModelKind("cross-encoder", frozenset({Task.SCORE}), "CrossEncoder", f"architecture {arch}")
-    if not architectures or any(arch.endswith("Model") for arch in architectures):
+    if not architectures or any(_bare(arch) for arch in architectures):
         found = architectures[0] if architectures else f"model_type {config.get('model_type', '?')}"
         return ModelKind("sentence-transformer", frozenset({Task.EMBED}), SENTENCE_TRANSFORMER, f"bare encoder {found}")
     raise ModelLoadError(
         f"the model's architecture is {', '.join(architectures)}: not an embedding, sparse (…ForMaskedLM), "
         "multi-vector or cross-encoder (…ForSequenceClassification) model, so embedserve does not serve it"
     )
+
+
+def _bare(architecture: str) -> bool:
+    """A transformers base model (`BertModel`), not one with a task head (`...ForX`, `...LMHeadModel`)."""
+    return architecture.endswith("Model") and "For" not in architecture and "LMHead" not in architecture
 
 
 def _read_json(file: Path) -> dict:

