@@ -19,7 +19,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import aiohttp
 import orjson

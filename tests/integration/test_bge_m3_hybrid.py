@@ -184,3 +184,53 @@ def test_the_onnx_backend_gives_the_same_outputs(folder, flag, tmp_path, dtype):
     ref = flag_encode(flag, TEXTS)
     for i, got in enumerate(r.json()["hybrid_vectors"]):
         assert_hybrid_matches(got, ref["dense_vecs"][i], ref["lexical_weights"][i], ref["colbert_vecs"][i])
+
+
+def test_int8_outputs_stay_within_the_guard_it_reports(folder, flag, tmp_path):
+    """int8 is measured per output at load; what a client then gets is as close as /model/info says."""
+    server = start_server(tmp_path, "--model", str(folder), "--dtype", "int8", "--min-fidelity", "0.5",
+                          "--cache-dir", str(tmp_path / "cache"), timeout=300)
+    try:
+        fidelity = httpx.get(server.url + "/model/info", timeout=10).json()["fidelity"]
+        r = httpx.post(server.url + "/vectorize-batch-hybrid", json={"items": TEXTS, "return_colbert": True}, timeout=60)
+        assert r.status_code == 200, r.text
+    finally:
+        stop_server(server)
+    assert fidelity["mode"] == "onnx int8"
+    assert set(fidelity["outputs"]) == {
+        "sparse_mean_cosine", "sparse_min_cosine", "sparse_top10_overlap",
+        "multivector_mean_cosine", "multivector_min_cosine", "maxsim_max_abs_error",
+    }
+    ref = flag_encode(flag, TEXTS)
+    got = r.json()["hybrid_vectors"]
+    dense = np.array([g["dense"] for g in got])
+    assert (dense * ref["dense_vecs"]).sum(axis=1).min() >= fidelity["min_cosine"] - 0.05
+    token_cosines = np.concatenate([
+        (np.array(g["colbert"]) * c).sum(axis=1) for g, c in zip(got, ref["colbert_vecs"], strict=True)
+    ])
+    assert token_cosines.mean() >= fidelity["outputs"]["multivector_mean_cosine"] - 0.05
+    print(f"\nint8 on the tiny BGE-M3: {fidelity}")
+
+
+def test_a_bge_m3_under_models_dir_is_served_by_name(folder, flag, tmp_path):
+    """--models-dir/BAAI--bge-m3 answers to `BAAI/bge-m3`, heads and all (loaded on demand)."""
+    from fastapi.testclient import TestClient
+
+    from embedserve.api.app import create_app
+    from embedserve.settings import Settings
+    from tests.conftest import wait_ready
+    from tests.support.tiny_models import build_generic
+
+    default = build_generic(tmp_path)
+    settings = Settings(models=(str(default),), models_dir=folder.parent, backend="torch", dtype="fp32",
+                        cache_dir=tmp_path / "cache", threads=2)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        r = client.post("/v1/encodings", json={"model": "BAAI/bge-m3", "input": TEXTS[:3]})
+        assert r.status_code == 200, r.text
+    assert r.json()["model"] == "BAAI/bge-m3"
+    ref = flag_encode(flag, TEXTS[:3])
+    for i, item in enumerate(r.json()["data"]):
+        assert np.allclose(item["dense"], ref["dense_vecs"][i], atol=TOLERANCE)
+        assert item["sparse"]["indices"] == sorted(int(k) for k in ref["lexical_weights"][i])
+        assert np.allclose(item["multivector"], ref["colbert_vecs"][i], atol=TOLERANCE)

@@ -62,6 +62,10 @@ class Fidelity(BaseModel):
     mean_cosine: float
     min_cosine: float
     samples: int
+    outputs: dict[str, float] = Field(
+        description="Per output beyond the dense vector: sparse_mean/min_cosine, sparse_top10_overlap, "
+        "multivector_mean/min_cosine (token by token), maxsim_max_abs_error"
+    )
 
 
 class Prefixes(BaseModel):

@@ -54,6 +54,19 @@ class Fidelity:
     mean_cosine: float
     min_cosine: float
     samples: int
+    outputs: Mapping[str, float] = field(default_factory=dict)  # sparse / multi-vector measures (fidelity.compare_outputs)
+
+    @property
+    def lowest_mean_cosine(self) -> float:
+        """What the guard holds against --min-fidelity: the lowest mean cosine of any output."""
+        others = [v for k, v in self.outputs.items() if k.endswith("_mean_cosine")]
+        return min([self.mean_cosine, *others])
+
+    @property
+    def lowest_min_cosine(self) -> float:
+        """The worst single output of any kind (what auto asks of bf16)."""
+        others = [v for k, v in self.outputs.items() if k.endswith("_min_cosine")]
+        return min([self.min_cosine, *others])
 
     def as_dict(self) -> dict:
         return {
@@ -62,6 +75,7 @@ class Fidelity:
             "mean_cosine": round(self.mean_cosine, 6),
             "min_cosine": round(self.min_cosine, 6),
             "samples": self.samples,
+            "outputs": {k: round(v, 6) for k, v in self.outputs.items()},
         }
 
 

@@ -85,10 +85,11 @@ def build_backend(settings: Settings, path: Path) -> Backend:
         log.warning("%s %s failed for %s (%s); falling back to torch fp32", backend_name, dtype, path, exc)
         return TorchBackend(path, device=device, threads=intra_op_threads(settings))
     fidelity = backend.info.fidelity
-    if fidelity is not None and fidelity.mean_cosine < settings.min_fidelity:
+    if fidelity is not None and fidelity.lowest_mean_cosine < settings.min_fidelity:
         message = (
             f"{fidelity.mode} keeps a mean cosine of {fidelity.mean_cosine:.6f} (min {fidelity.min_cosine:.6f}) "
-            f"to {fidelity.reference} on the calibration set, below --min-fidelity {settings.min_fidelity}"
+            f"to {fidelity.reference} on the calibration set{_other_outputs(fidelity)}, below --min-fidelity "
+            f"{settings.min_fidelity}"
         )
         if not automatic:
             raise FidelityTooLow(f"refusing {path}: {message}")
@@ -118,12 +119,17 @@ def _build_exact(kind: ModelKind, backend: str, dtype: str, settings: Settings, 
         raise ModelLoadError(f"{kind.name} models run in fp32 so far, not {dtype}")
     backend_obj = TorchBackend(path, device=device, threads=intra_op_threads(settings), dtype=dtype, kind=kind)
     fidelity = backend_obj.info.fidelity
-    if fidelity is not None and fidelity.mean_cosine < settings.min_fidelity:
+    if fidelity is not None and fidelity.lowest_mean_cosine < settings.min_fidelity:
         raise FidelityTooLow(
-            f"refusing {path}: {fidelity.mode} keeps a mean cosine of {fidelity.mean_cosine:.6f} to {fidelity.reference}, "
-            f"below --min-fidelity {settings.min_fidelity}"
+            f"refusing {path}: {fidelity.mode} keeps a mean cosine of {fidelity.mean_cosine:.6f} to {fidelity.reference}"
+            f"{_other_outputs(fidelity)}, below --min-fidelity {settings.min_fidelity}"
         )
     return backend_obj
+
+
+def _other_outputs(fidelity) -> str:
+    cosines = {k: v for k, v in fidelity.outputs.items() if k.endswith("_mean_cosine")}
+    return "".join(f", {k.replace('_', ' ')} {v:.6f}" for k, v in cosines.items())
 
 
 def _try_cpu_bf16(settings: Settings, path: Path) -> Backend | None:
@@ -136,12 +142,12 @@ def _try_cpu_bf16(settings: Settings, path: Path) -> Backend | None:
         log.info("bf16 not usable for %s (%s); using fp32", path, exc)
         return None
     fidelity, speedup = candidate.info.fidelity, candidate.info.speedup or 0.0
-    if fidelity.min_cosine >= AUTO_BF16_MIN_COSINE and speedup >= AUTO_BF16_MIN_SPEEDUP:
-        log.info("auto: torch bf16 for %s (min cosine %.6f to fp32, %.2fx fp32 speed)", path, fidelity.min_cosine, speedup)
+    if fidelity.lowest_min_cosine >= AUTO_BF16_MIN_COSINE and speedup >= AUTO_BF16_MIN_SPEEDUP:
+        log.info("auto: torch bf16 for %s (min cosine %.6f to fp32, %.2fx fp32 speed)", path, fidelity.lowest_min_cosine, speedup)
         return candidate
     log.info(
         "auto: fp32 for %s; bf16 kept min cosine %.6f (needs %s) at %.2fx speed (needs %s)",
-        path, fidelity.min_cosine, AUTO_BF16_MIN_COSINE, speedup, AUTO_BF16_MIN_SPEEDUP,
+        path, fidelity.lowest_min_cosine, AUTO_BF16_MIN_COSINE, speedup, AUTO_BF16_MIN_SPEEDUP,
     )
     return None
 

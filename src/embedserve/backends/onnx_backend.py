@@ -36,7 +36,7 @@ from embedserve.backends.smoothing import (
     layer_norm_fed_inputs,
     smooth_graph,
 )
-from embedserve.backends.torch_backend import TorchBackend, model_outputs, physical_cores
+from embedserve.backends.torch_backend import EXTRA_OUTPUTS, TorchBackend, model_outputs, physical_cores
 from embedserve.errors import ModelLoadError
 from embedserve.models.tasks import Task
 
@@ -85,9 +85,14 @@ class OnnxBackend(Backend):
         self.cache = GraphCache(cache_dir)
         self._calibration = self.tokenize(fidelity.calibration_texts(), truncate=True)
         self._reference = self._embed_calibration(self._torch.embed)
+        extra = self._torch.info.tasks & EXTRA_OUTPUTS
+        reference_outputs = self._encode_calibration(self._torch.encode, extra) if extra else None
         self.cache_hit = self._open(key, dtype)
         self.info = replace(self._torch.info, backend="onnx", dtype=dtype, weights_bytes=self._graph_bytes)
         result = fidelity.compare(f"onnx {dtype}", "torch fp32", self._embed_calibration(self.embed), self._reference)
+        if reference_outputs is not None:
+            measured = fidelity.compare_outputs(self._encode_calibration(self.encode, extra), reference_outputs)
+            result = replace(result, outputs=measured)
         self.info = replace(self.info, fidelity=result)
         self._torch.release_encoder()
         log.info("onnx %s graph %s (%s): %s", dtype, "from cache" if self.cache_hit else "built", key, result)
@@ -157,6 +162,9 @@ class OnnxBackend(Backend):
 
     def _embed_calibration(self, embed) -> np.ndarray:
         return fidelity.embed_all(self._calibration, embed, self.pad_id)
+
+    def _encode_calibration(self, encode, tasks: frozenset[Task]) -> Outputs:
+        return fidelity.encode_all(self._calibration, encode, tasks, self.pad_id)
 
     def _graph_mean_cosine(self, graph: Path) -> float:
         """How close a candidate graph's vectors are to the fp32 reference (mean cosine)."""

@@ -72,6 +72,8 @@ def avoid_per_shape_attention_plans() -> None:
         log.info("cuDNN attention disabled: it re-plans for every new batch shape")
 
 
+EXTRA_OUTPUTS = frozenset({Task.SPARSE, Task.MULTIVECTOR})  # outputs beyond the dense vector, each with its own guard
+
 # Position ids of these architectures start after the padding index, so the first
 # padding_idx + 1 positions can never hold a token (RoBERTa, XLM-R: 514 positions, 512 tokens).
 _OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer",
@@ -178,6 +180,8 @@ class TorchBackend(Backend):
         """
         sequences = self.tokenize(fidelity.calibration_texts(), truncate=True)
         reference = fidelity.embed_all(sequences, self.embed, self.pad_id)  # also the warm-up
+        extra = self.info.tasks & EXTRA_OUTPUTS
+        reference_outputs = fidelity.encode_all(sequences, self.encode, extra, self.pad_id) if extra else None
         fp32_seconds = self._time(sequences)
         if self.device == "cpu" and dtype == "bf16":
             for module in self._encoder.modules():
@@ -189,6 +193,9 @@ class TorchBackend(Backend):
         fast = fidelity.embed_all(sequences, self.embed, self.pad_id)
         speedup = fp32_seconds / max(self._time(sequences), 1e-9)
         result = fidelity.compare(f"torch {dtype}", "torch fp32", fast, reference)
+        if reference_outputs is not None:
+            fast_outputs = fidelity.encode_all(sequences, self.encode, extra, self.pad_id)
+            result = replace(result, outputs=fidelity.compare_outputs(fast_outputs, reference_outputs))
         self.info = replace(self.info, dtype=dtype, fidelity=result, speedup=round(speedup, 2))
 
     def _time(self, sequences: list[TokenIds]) -> float:

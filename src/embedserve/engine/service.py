@@ -11,7 +11,6 @@ they never see tensors or backends. The model pool is reached through `service.p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +19,8 @@ from embedserve.backends.base import Outputs, SparseVector, TokenIds
 from embedserve.engine import processing
 from embedserve.engine.model_pool import BackendFactory, LoadedModel, ModelPool
 from embedserve.engine.processing import Inputs
-from embedserve.engine.worker import DENSE, EngineObserver
+from embedserve.engine.pending import DENSE
+from embedserve.engine.worker import EngineObserver
 from embedserve.errors import InvalidInput, Overloaded, TooManyTokens, WrongTask
 from embedserve.models.families import InputType
 from embedserve.models.registry import ModelResolver

@@ -8,7 +8,7 @@ under load, batches grow with load by themselves, and inputs of similar length f
 different callers end up padded together.
 
 Which batch runs next is fair between requests, not first-come-first-served. Each request has
-a virtual time, `_Request.due`: when it arrived, plus FAIR_WEIGHT times the engine time its
+a virtual time, `PendingRequest.due`: when it arrived, plus FAIR_WEIGHT times the engine time its
 inputs have used so far (estimated when a batch is sent, corrected when it returns). The batch
 holding the request with the earliest virtual time runs first. A request that has had the
 engine to itself has a virtual time ahead of the clock, so a sentence arriving behind a
@@ -31,13 +31,21 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, TokenIds
 from embedserve.engine.batcher import plan_batches
 from embedserve.engine.deadlines import Deadlines
+from embedserve.engine.pending import (
+    DENSE,
+    OUTPUT_FIELDS,
+    Admission,
+    PendingInput,
+    PendingRequest,
+    empty_outputs,
+    padded_tokens,
+)
 from embedserve.errors import BackendFailure, NotReady, Overloaded, RequestTimeout
 from embedserve.models.tasks import Task
 
@@ -47,8 +55,6 @@ GATHER_WAIT = 0.002  # seconds a free worker waits for requests that are still t
 GATHER_ENOUGH = 16  # ...unless this many inputs already wait: then the batch is worth running now
 RESTART_BACKOFF = (0.5, 30.0)  # seconds before restarting a dead loop: first, and most after doubling
 FAIR_WEIGHT = 2.0  # how much faster than the engine time it uses a busy request's virtual time runs
-DENSE = frozenset({Task.EMBED})
-_FIELD = {Task.EMBED: "dense", Task.SPARSE: "sparse", Task.MULTIVECTOR: "multivector"}
 
 
 class EngineObserver:
@@ -65,59 +71,6 @@ class EngineObserver:
     def model_loaded(self, model: str, info: ModelInfo, memory_bytes: int | None) -> None: ...
 
     def model_unloaded(self, model: str) -> None: ...
-
-
-@dataclass(eq=False)
-class _Request:
-    outputs: Outputs  # filled row by row as its inputs' batches return
-    tasks: frozenset[Task]
-    future: asyncio.Future
-    remaining: int
-    enqueued: float = field(default_factory=time.perf_counter)
-    started: bool = False
-    due: float = 0.0  # virtual time: when it arrived plus the engine time its dispatched tokens took
-
-    def __post_init__(self) -> None:
-        self.due = self.enqueued
-
-    def store(self, index: int, batch: Outputs, row: int) -> None:
-        """Input `index`'s outputs, row `row` of a batch that computed at least this request's tasks."""
-        mine = self.outputs
-        if mine.dense is not None:
-            mine.dense[index] = batch.dense[row]
-        if mine.sparse is not None:
-            mine.sparse[index] = batch.sparse[row]
-        if mine.multivector is not None:
-            mine.multivector[index] = batch.multivector[row]
-
-
-def _empty_outputs(tasks: frozenset[Task], count: int, dimension: int) -> Outputs:
-    return Outputs(
-        dense=np.empty((count, dimension), dtype=np.float32) if Task.EMBED in tasks else None,
-        sparse=[None] * count if Task.SPARSE in tasks else None,
-        multivector=[None] * count if Task.MULTIVECTOR in tasks else None,
-    )
-
-
-def _padded(batch: Sequence[_Item]) -> int:
-    return len(batch) * max(len(item) for item in batch)
-
-
-@dataclass(eq=False)
-class Admission:
-    """One admitted request; `submitted` once its inputs reached the pool."""
-
-    submitted: bool = False
-
-
-@dataclass(eq=False)
-class _Item:
-    request: _Request
-    index: int
-    ids: TokenIds
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 class ModelWorker:
@@ -139,8 +92,8 @@ class ModelWorker:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.observer = observer or EngineObserver()
-        self._pool: list[_Item] = []
-        self._plan: list[list[_Item]] = []  # planned batches not yet started
+        self._pool: list[PendingInput] = []
+        self._plan: list[list[PendingInput]] = []  # planned batches not yet started
         self._wake = asyncio.Event()
         self._admitted = 0
         self._arriving = 0  # admitted, inputs not yet in the pool
@@ -241,14 +194,14 @@ class ModelWorker:
             admission.submitted = True
             self._arriving -= 1
         loop = asyncio.get_running_loop()
-        request = _Request(
-            outputs=_empty_outputs(tasks, len(sequences), self.backend.info.dimension),
+        request = PendingRequest(
+            outputs=empty_outputs(tasks, len(sequences), self.backend.info.dimension),
             tasks=tasks,
             future=loop.create_future(),
             remaining=len(sequences),
         )
         self._deadlines.track(request.future)
-        self._pool.extend(_Item(request, i, ids) for i, ids in enumerate(sequences))
+        self._pool.extend(PendingInput(request, i, ids) for i, ids in enumerate(sequences))
         self._wake.set()
         return await request.future
 
@@ -281,7 +234,7 @@ class ModelWorker:
             self._running.add(task)
             task.add_done_callback(self._batch_finished)
 
-    def _next_batch(self) -> list[_Item] | None:
+    def _next_batch(self) -> list[PendingInput] | None:
         """Re-plan with any new arrivals, then take the batch owed the engine most (None: nothing waits)."""
         plan = self._plan
         if self._pool:
@@ -319,18 +272,18 @@ class ModelWorker:
                 return
 
     @staticmethod
-    def _most_owed(plan: list[list[_Item]]) -> int:
+    def _most_owed(plan: list[list[PendingInput]]) -> int:
         """The batch holding the request with the earliest virtual time (see the module docstring)."""
         return min(range(len(plan)), key=lambda k: min(item.request.due for item in plan[k]))
 
-    def _charge(self, batch: list[_Item]) -> float:
+    def _charge(self, batch: list[PendingInput]) -> float:
         """Advance each request's virtual time by its share of the engine time this batch is
         expected to take; returns the estimate, corrected by `_settle` once the batch is timed."""
-        estimate = _padded(batch) / self._token_rate if self._token_rate else 0.0
+        estimate = padded_tokens(batch) / self._token_rate if self._token_rate else 0.0
         self._settle(batch, estimate)
         return estimate
 
-    def _settle(self, batch: list[_Item], seconds: float) -> None:
+    def _settle(self, batch: list[PendingInput], seconds: float) -> None:
         # One batch holds one of the engine's threads: each input's share is seconds / (threads * inputs).
         share = FAIR_WEIGHT * seconds / (self._threads * len(batch))
         for item in batch:
@@ -351,7 +304,7 @@ class ModelWorker:
         self._running.discard(task)
         self._slots.release()
 
-    async def _guarded(self, batch: list[_Item], estimate: float) -> None:
+    async def _guarded(self, batch: list[PendingInput], estimate: float) -> None:
         try:
             await self._run_batch(batch, estimate)
         except asyncio.CancelledError:
@@ -361,7 +314,7 @@ class ModelWorker:
             log.exception("batch failed for model %s", self.name)
             self._fail(batch, BackendFailure(f"inference failed: {exc}"))
 
-    async def _run_batch(self, planned: list[_Item], estimate: float) -> None:
+    async def _run_batch(self, planned: list[PendingInput], estimate: float) -> None:
         batch = [item for item in planned if not item.request.future.done()]
         if not batch:
             self._settle(planned, -estimate)
@@ -384,7 +337,7 @@ class ModelWorker:
         self.observer.batch_done(self.name, len(batch), sum(len(i) for i in batch), seconds)
         self._settle(planned, seconds - estimate)
         if seconds > 0:
-            rate = _padded(batch) / seconds
+            rate = padded_tokens(batch) / seconds
             self._token_rate = rate if self._token_rate is None else 0.8 * self._token_rate + 0.2 * rate
         for row, item in enumerate(batch):
             request = item.request
@@ -401,7 +354,7 @@ class ModelWorker:
             if rows is not None and len(rows) != len(sequences):
                 raise RuntimeError(f"backend returned {len(rows)} {name} outputs for {len(sequences)} inputs")
         for task in tasks:
-            if task in (Task.EMBED, Task.SPARSE, Task.MULTIVECTOR) and getattr(outputs, _FIELD[task]) is None:
+            if task in (Task.EMBED, Task.SPARSE, Task.MULTIVECTOR) and getattr(outputs, OUTPUT_FIELDS[task]) is None:
                 raise RuntimeError(f"backend computed no {task.value} output")
         return outputs
 
@@ -411,7 +364,7 @@ class ModelWorker:
         self._pool, self._plan[:] = [], []
 
     @staticmethod
-    def _fail(items: Sequence[_Item], error: Exception) -> None:
+    def _fail(items: Sequence[PendingInput], error: Exception) -> None:
         for item in items:
             if not item.request.future.done():
                 item.request.future.set_exception(error)

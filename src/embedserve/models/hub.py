@@ -27,7 +27,8 @@ from huggingface_hub import snapshot_download
 
 # Everything a sentence-transformers / transformers text model needs, except weights.
 # fnmatch's "*" also matches "/", so these cover module subfolders (1_Pooling/, 2_Dense/).
-_CONFIG_PATTERNS = ["*.json", "*.txt", "*.model", "*.tiktoken"]  # configs, vocab, merges, spm
+# BGE-M3's sparse and ColBERT heads (models/tasks.py) are weights of their own, beside the encoder's.
+_CONFIG_PATTERNS = ["*.json", "*.txt", "*.model", "*.tiktoken", "sparse_linear.pt", "colbert_linear.pt"]
 _SAFETENSORS_PATTERNS = ["*.safetensors"]
 _BIN_PATTERNS = ["*pytorch_model*.bin"]  # incl. shards and 2_Dense/pytorch_model.bin
 # Other runtimes' folders/weights: never fetched, even if a pattern above would match.

@@ -400,3 +400,15 @@ def test_an_explicit_choice_is_never_swapped_for_bf16(built, bf16_torch, explici
     built["backend"] = FastMode(None, mode="onnx fp32")
     assert build_backend(settings(**explicit), MODEL_PATH) is built["backend"]
     assert all(call.get("dtype") != "bf16" for call in bf16_torch["calls"])
+
+
+def test_a_sparse_or_multivector_output_below_min_fidelity_refuses_the_mode(built, torch_stub):
+    """The dense vectors pass; the guard holds the lowest mean cosine of any output."""
+    for output in ("sparse_mean_cosine", "multivector_mean_cosine"):
+        fast = FastMode(0.999)
+        fast.info = replace(fast.info, fidelity=replace(fast.info.fidelity, outputs={output: 0.9, "sparse_top10_overlap": 0.8}))
+        built["backend"] = fast
+        with pytest.raises(FidelityTooLow) as caught:
+            build_backend(settings(backend="onnx", dtype="int8", min_fidelity=0.99), MODEL_PATH)
+        assert f"{output.replace('_', ' ')} 0.900000" in caught.value.message
+    assert torch_stub.calls == []

@@ -224,14 +224,14 @@ def test_allow_patterns_select_only_torch_model_files(recorder):
         "merges.txt", "sentencepiece.bpe.model", "model.safetensors", "1_Pooling/config.json",
         "2_Dense/model.safetensors", "pytorch_model.bin", "onnx/model.onnx", "onnx/config.json",
         "openvino/openvino_model.xml", "tf_model.h5", "flax_model.msgpack", "rust_model.ot",
-        "README.md",
+        "README.md", "sparse_linear.pt", "colbert_linear.pt", "optimizer.pt",  # BGE-M3's heads; a training leftover
     ]
     kept = set(filter_repo_objects(repo_files, allow_patterns=call["allow_patterns"],
                                    ignore_patterns=call["ignore_patterns"]))
     assert kept == {
         "config.json", "modules.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
         "merges.txt", "sentencepiece.bpe.model", "model.safetensors", "1_Pooling/config.json",
-        "2_Dense/model.safetensors",
+        "2_Dense/model.safetensors", "sparse_linear.pt", "colbert_linear.pt",
     }
 
 
