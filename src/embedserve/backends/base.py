@@ -108,10 +108,15 @@ class Batch:
     input_ids: np.ndarray  # int64 [batch, length]
     attention_mask: np.ndarray  # int64 [batch, length]
     token_type_ids: np.ndarray | None = None  # int64 [batch, length]: segment ids (a cross-encoder's pair); None: all 0
+    roles: Sequence[str | None] | None = None  # per row, "query" / "document" for models that encode them apart
 
     @classmethod
     def from_ids(
-        cls, sequences: Sequence[TokenIds], pad_id: int = 0, type_ids: Sequence[TokenIds] | None = None
+        cls,
+        sequences: Sequence[TokenIds],
+        pad_id: int = 0,
+        type_ids: Sequence[TokenIds] | None = None,
+        roles: Sequence[str | None] | None = None,
     ) -> Batch:
         length = max(len(s) for s in sequences)
         ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
@@ -124,7 +129,7 @@ class Batch:
             types = np.zeros_like(ids)
             for row, seq in enumerate(type_ids):
                 types[row, : len(seq)] = seq
-        return cls(ids, mask, types)
+        return cls(ids, mask, types, roles)
 
     def segment_ids(self) -> np.ndarray:
         return self.token_type_ids if self.token_type_ids is not None else np.zeros_like(self.input_ids)
@@ -153,6 +158,13 @@ class Backend(ABC):
     @abstractmethod
     def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
         """Token ids with special tokens; cut to `info.max_seq_length` when `truncate`."""
+
+    # A model that encodes queries and documents apart (multi-vector: lengths, query expansion)
+    # tokenizes by role, and its batches carry each row's role.
+    uses_roles: bool = False
+
+    def tokenize_role(self, texts: Sequence[str], *, truncate: bool, role: str) -> list[TokenIds]:
+        return self.tokenize(texts, truncate=truncate)
 
     @abstractmethod
     def wrap_ids(self, ids: Sequence[TokenIds], *, truncate: bool) -> list[TokenIds]:

@@ -141,6 +141,11 @@ class HFTokenizer:
         room = self.max_length - len(self._prefix) - len(self._suffix)
         return [[*self._prefix, *(seq[:room] if truncate else seq), *self._suffix] for seq in ids]
 
+    @property
+    def suffix_ids(self) -> TokenIds:
+        """The special tokens the tokenizer puts after a sequence (BERT: [SEP])."""
+        return list(self._suffix)
+
     def token_texts(self, ids: Sequence[int]) -> list[str]:
         """Each id's text as the tokenizer decodes it alone (FlagEmbedding's `convert_id_to_token`)."""
         return [self._tok.decode([int(i)]) for i in ids]

@@ -25,6 +25,7 @@ import torch
 from embedserve.backends import fidelity
 from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, TokenIds
 from embedserve.backends.heads import BgeM3Heads, sparse_rows
+from embedserve.backends.multivector import MultiVectorHead
 from embedserve.backends.tokenization import HFTokenizer
 from embedserve.errors import ModelLoadError
 from embedserve.models.tasks import ModelKind, Task, detect_kind
@@ -140,6 +141,11 @@ class TorchBackend(Backend):
         if kind.name == "bge-m3":
             self._m3 = BgeM3Heads(path, [getattr(hf_tok, f"{t}_token_id", None) for t in ("cls", "eos", "pad", "unk")])
             self._m3.check_hidden_size(int(config.hidden_size))
+        self._mv: MultiVectorHead | None = None
+        if kind.name == "multi-vector":
+            self._mv = MultiVectorHead(st, self._position_limit)
+            self.uses_roles = True
+            limit = self._mv.max_seq_length
         dimension = st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension") else None
         self.info = ModelInfo(
             dimension=int(dimension or 0),
@@ -153,7 +159,7 @@ class TorchBackend(Backend):
             default_prompt_name=getattr(st, "default_prompt_name", None),
             tasks=kind.tasks,
             kind=kind.name,
-            multivector_dimension=self._m3.colbert_dimension if self._m3 else None,
+            multivector_dimension=self._m3.colbert_dimension if self._m3 else self._mv.dimension if self._mv else None,
         )
         if dtype != "fp32":
             self._reduce_precision(dtype)
@@ -236,9 +242,22 @@ class TorchBackend(Backend):
                 feats["token_type_ids"] = torch.from_numpy(batch.token_type_ids).to(self.device)
         return feats
 
+    def tokenize_role(self, texts: Sequence[str], *, truncate: bool, role: str) -> list[TokenIds]:
+        if self._mv is None:
+            return self.tokenize(texts, truncate=truncate)
+        return self._mv.tokenize(texts, truncate=truncate, role=role)
+
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        features = self.features(batch)
+        expansion = None
+        if self._mv is not None:
+            expansion = self._mv.expansion_positions(batch)
+            features["attention_mask"] = self._mv.encoder_mask(batch, expansion).to(self.device)
         with torch.inference_mode(), self._precision():
-            return self._encoder(self.features(batch))
+            out = self._encoder(features)
+        if expansion is not None:
+            out["query_expansion_positions"] = expansion.to(self.device)
+        return out
 
     def _precision(self):
         if self._autocast is None:
@@ -260,6 +279,8 @@ class TorchBackend(Backend):
     def heads(self, batch: Batch, hidden: dict[str, torch.Tensor], tasks: frozenset[Task]) -> Outputs:
         if self.kind.name == "splade":
             return Outputs(sparse=sparse_rows(self.pool(batch, hidden)))
+        if self._mv is not None:
+            return Outputs(multivector=self._mv.vectors(batch, hidden))
         return model_outputs(self, batch, hidden, tasks, lambda: hidden["token_embeddings"].float().cpu().numpy())
 
 

@@ -27,6 +27,7 @@ class PendingRequest:
     tasks: frozenset[Task]
     future: asyncio.Future
     remaining: int
+    role: str | None = None  # "query" / "document" for a model that encodes them apart (Batch.roles)
     enqueued: float = field(default_factory=time.perf_counter)
     started: bool = False
     due: float = 0.0  # virtual time: when it arrived plus the engine time its dispatched tokens took

@@ -40,17 +40,21 @@ def check_inputs(inputs: Inputs, max_inputs: int) -> None:
 
 
 def tokenize_inputs(
-    backend: Backend, model_id: str, inputs: Inputs, *, prefix: str = "", truncate: bool = True
+    backend: Backend, model_id: str, inputs: Inputs, *, prefix: str = "", truncate: bool = True, role: str | None = None
 ) -> list[TokenIds]:
     """Token ids of texts (with `prefix`) or of token-id inputs (special tokens added).
 
-    Token ids outside the vocabulary, and (truncation off) inputs longer than the model takes,
-    are 422s naming the input.
+    `role` ("query" / "document") tokenizes for a model that encodes them apart. Token ids
+    outside the vocabulary, and (truncation off) inputs longer than the model takes, are 422s
+    naming the input.
     """
     info = backend.info
     if isinstance(inputs[0], str):
         texts = [prefix + t for t in inputs] if prefix else list(inputs)
-        sequences = backend.tokenize(texts, truncate=truncate)
+        if role is not None and backend.uses_roles:
+            sequences = backend.tokenize_role(texts, truncate=truncate, role=role)
+        else:
+            sequences = backend.tokenize(texts, truncate=truncate)
     else:
         for i, ids in enumerate(inputs):
             bad = next((t for t in ids if not 0 <= t < info.vocab_size), None)

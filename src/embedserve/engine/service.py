@@ -133,18 +133,23 @@ class EmbeddingService:
         info = model.info
         if Task.EMBED in tasks:
             processing.check_dimensions(dimensions, info.dimension, model.id)
+        role = None
+        if model.worker.backend.uses_roles:
+            if any(not isinstance(item, str) for item in inputs[:1]):
+                raise InvalidInput(f"model '{model.id}' encodes text only: it needs its query/document markers", param="input")
+            role = input_type = input_type or "document"  # queries are encoded apart only when asked for
         prefix = model.prompts.prefix(input_type) if prompt_name is None else self._prompt(model, prompt_name)
         truncate = self.settings.truncate if truncate is None else truncate
         with model.worker.admit() as admission:
             if self._small(inputs):  # a thread hop costs more than tokenizing a few sentences
-                sequences = self._tokenize(model, inputs, prefix, truncate)
+                sequences = self._tokenize(model, inputs, prefix, truncate, role)
             else:
-                sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix, truncate)
+                sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix, truncate, role)
             tokens = sum(len(s) for s in sequences)
             self._check_tokens(tokens)
             self._observer.tokens(model.id, tokens)
             # --request-timeout bounds the queue wait and inference: the worker fails the request then.
-            outputs: Outputs = await model.worker.encode(sequences, admission, tasks)
+            outputs: Outputs = await model.worker.encode(sequences, admission, tasks, role)
         dense = outputs.dense
         if dense is not None:
             dense = processing.finish_dense(
@@ -180,5 +185,6 @@ class EmbeddingService:
         return len(inputs) <= INLINE_TOKENIZE_INPUTS and sum(len(item) for item in inputs) <= INLINE_TOKENIZE_CHARS
 
     @staticmethod
-    def _tokenize(model: LoadedModel, inputs: Inputs, prefix: str, truncate: bool) -> list[TokenIds]:
-        return processing.tokenize_inputs(model.worker.backend, model.id, inputs, prefix=prefix, truncate=truncate)
+    def _tokenize(model: LoadedModel, inputs: Inputs, prefix: str, truncate: bool, role: str | None) -> list[TokenIds]:
+        backend = model.worker.backend
+        return processing.tokenize_inputs(backend, model.id, inputs, prefix=prefix, truncate=truncate, role=role)

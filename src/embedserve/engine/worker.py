@@ -183,7 +183,11 @@ class ModelWorker:
         return (await self.encode(sequences, admission, DENSE)).dense
 
     async def encode(
-        self, sequences: Sequence[TokenIds], admission: Admission | None = None, tasks: frozenset[Task] = DENSE
+        self,
+        sequences: Sequence[TokenIds],
+        admission: Admission | None = None,
+        tasks: frozenset[Task] = DENSE,
+        role: str | None = None,
     ) -> Outputs:
         """The outputs in `tasks` for `sequences`, in order. Call inside `admit()`.
 
@@ -199,6 +203,7 @@ class ModelWorker:
             tasks=tasks,
             future=loop.create_future(),
             remaining=len(sequences),
+            role=role,
         )
         self._deadlines.track(request.future)
         self._pool.extend(PendingInput(request, i, ids) for i, ids in enumerate(sequences))
@@ -328,7 +333,8 @@ class ModelWorker:
         loop = asyncio.get_running_loop()
         tasks = next(iter(requests)).tasks if len(requests) == 1 else frozenset().union(*(r.tasks for r in requests))
         try:
-            outputs = await loop.run_in_executor(self._executor, self._infer, [i.ids for i in batch], tasks)
+            roles = [item.request.role for item in batch] if self.backend.uses_roles else None
+            outputs = await loop.run_in_executor(self._executor, self._infer, [i.ids for i in batch], tasks, roles)
         except Exception as exc:  # noqa: BLE001 - a backend fault fails this batch only
             log.error("inference failed for model %s (batch of %d): %r", self.name, len(batch), exc)
             self._fail(batch, BackendFailure(f"inference failed for model '{self.name}': {exc}"))
@@ -348,8 +354,8 @@ class ModelWorker:
             if request.remaining == 0:
                 request.future.set_result(request.outputs)
 
-    def _infer(self, sequences: list[TokenIds], tasks: frozenset[Task]) -> Outputs:
-        outputs = self.backend.encode(Batch.from_ids(sequences, pad_id=self.backend.pad_id), tasks)
+    def _infer(self, sequences: list[TokenIds], tasks: frozenset[Task], roles: list[str | None] | None = None) -> Outputs:
+        outputs = self.backend.encode(Batch.from_ids(sequences, pad_id=self.backend.pad_id, roles=roles), tasks)
         for name, rows in (("dense", outputs.dense), ("sparse", outputs.sparse), ("multivector", outputs.multivector)):
             if rows is not None and len(rows) != len(sequences):
                 raise RuntimeError(f"backend returned {len(rows)} {name} outputs for {len(sequences)} inputs")
