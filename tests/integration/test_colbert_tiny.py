@@ -43,8 +43,8 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("colbert")
     folders = {name: build_colbert(root, f"acme--colbert-{name}", seed=i, **options)
                for i, (name, options) in enumerate(VARIANTS.items())}
-    settings = Settings(models=tuple(str(f) for f in folders.values()), device="cpu", threads=2,
-                        cache_dir=root / "cache", load_on_demand=False)
+    settings = Settings(models=tuple(str(f) for f in folders.values()), device="cpu", threads=2, backend="torch",
+                        dtype="fp32", cache_dir=root / "cache", load_on_demand=False)
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
         yield client, folders
@@ -119,3 +119,26 @@ def test_a_multivector_model_lists_its_task_and_refuses_dense(served):
     assert described["prefixes"]["query"] == "[Q] " and described["prefixes"]["document"] == "[D] "
     r = client.post("/v1/embeddings", json={"input": "hello", "model": folder})
     assert r.status_code == 400 and "its tasks are multivector" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_the_onnx_backend_serves_it_within_its_guard(served, tmp_path, dtype):
+    """Encoder as an ONNX graph, the model's own heads after it; the guard is measured token by token."""
+    _, folders = served
+    folder = folders["fixed"]
+    settings = Settings(models=(str(folder),), device="cpu", threads=2, backend="onnx", dtype=dtype,
+                        min_fidelity=0.5, cache_dir=tmp_path / "cache", load_on_demand=False)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        fidelity = client.get("/model/info").json()["fidelity"]
+        got = {role: [item["multivector"] for item in client.post(
+            "/v1/encodings", json={"input": TEXTS, "input_type": role}).json()["data"]] for role in ("query", "document")}
+    assert fidelity["mode"] == f"onnx {dtype}" and "multivector_mean_cosine" in fidelity["outputs"]
+    for role, vectors in got.items():
+        expected = reference(folder, TEXTS, role)
+        if dtype == "fp32":
+            for a, b in zip(vectors, expected, strict=True):
+                assert np.allclose(np.asarray(a), b, atol=1e-4)
+        else:
+            cosines = np.concatenate([(np.asarray(a) * b).sum(axis=1) for a, b in zip(vectors, expected, strict=True)])
+            assert cosines.mean() >= fidelity["outputs"]["multivector_mean_cosine"] - 0.05

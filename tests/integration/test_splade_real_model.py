@@ -50,7 +50,7 @@ def reference():
 
 @pytest.fixture(scope="module")
 def splade_server(tmp_path_factory):
-    server = start_server(tmp_path_factory.mktemp("splade"), "--model", str(splade_folder()))
+    server = start_server(tmp_path_factory.mktemp("splade"), "--model", str(splade_folder()), "--backend", "torch", "--dtype", "fp32")
     yield server
     stop_server(server)
 
@@ -92,7 +92,33 @@ def test_the_general_route_cuts_to_top_k_and_min_weight(splade_server, reference
 
 def test_a_splade_model_is_not_served_as_a_dense_embedder(splade_server):
     info = httpx.get(splade_server.url + "/model/info", timeout=10).json()
-    assert (info["kind"], info["tasks"], info["backend"], info["dtype"]) == ("splade", ["sparse"], "torch", "fp32")
+    assert (info["kind"], info["tasks"]) == ("splade", ["sparse"])
     r = httpx.post(splade_server.url + "/v1/embeddings", json={"input": "hello"}, timeout=30)
     assert r.status_code == 400, r.text
     assert "does not do dense embeddings: its tasks are sparse" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_the_onnx_graph_pools_splade_within_its_guard(reference, tmp_path, dtype):
+    """The graph holds the encoder, the MLM head and the pooling; its term weights are measured at load
+    (weight cosine, top-10 overlap) and what a client gets is that close to SparseEncoder's."""
+    _, rows = reference
+    server = start_server(tmp_path, "--model", str(splade_folder()), "--backend", "onnx", "--dtype", dtype,
+                          "--cache-dir", str(tmp_path / "cache"), timeout=300)
+    try:
+        info = httpx.get(server.url + "/model/info", timeout=10).json()
+        got = httpx.post(server.url + "/embed_sparse", json={"inputs": TEXTS}, timeout=60).json()
+    finally:
+        stop_server(server)
+    assert (info["backend"], info["dtype"]) == ("onnx", dtype)
+    fidelity = info["fidelity"]
+    served = np.zeros_like(rows)
+    for row, terms in zip(served, got, strict=True):
+        row[[t["index"] for t in terms]] = [t["value"] for t in terms]
+    cosines = (served * rows).sum(axis=1) / (np.linalg.norm(served, axis=1) * np.linalg.norm(rows, axis=1))
+    if dtype == "fp32":
+        assert np.allclose(served, rows, atol=1e-4)  # terms may only differ where a weight is ~0
+        assert fidelity["mean_cosine"] > 0.99999
+    assert fidelity["outputs"]["sparse_mean_cosine"] >= 0.99 and fidelity["outputs"]["sparse_top10_overlap"] >= 0.8
+    assert cosines.min() >= fidelity["min_cosine"] - 0.02
+    print(f"\nSPLADE-tiny onnx {dtype}: {fidelity}; served cosine to SparseEncoder min {cosines.min():.5f}")

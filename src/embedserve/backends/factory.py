@@ -70,8 +70,10 @@ def build_backend(settings: Settings, path: Path) -> Backend:
     backend_name, dtype = choose_mode(settings.backend, settings.dtype, device)
     if kind.name not in ONNX_KINDS:
         return _build_exact(kind, backend_name, dtype, settings, path, device)
+    if kind.name == "multi-vector" and backend_name == "torch" and dtype != "fp32":
+        raise ModelLoadError(f"multi-vector models run in fp32 (torch or ONNX) or int8 (ONNX) so far, not torch {dtype}")
     automatic = settings.backend == "auto" and settings.dtype == "auto"
-    if automatic and device == "cpu" and cpu_has_bf16_matmul():
+    if automatic and device == "cpu" and kind.name != "multi-vector" and cpu_has_bf16_matmul():
         fast = _try_cpu_bf16(settings, path)
         if fast is not None:
             return fast
@@ -98,24 +100,18 @@ def build_backend(settings: Settings, path: Path) -> Backend:
     return backend
 
 
-# Kinds whose every output the ONNX graph and the fast modes' fidelity guard cover so far.
-ONNX_KINDS = ("sentence-transformer", "bge-m3")
+# Kinds whose every output the ONNX graph and the fast modes' fidelity guard cover: the rest run exact.
+ONNX_KINDS = ("sentence-transformer", "bge-m3", "splade", "multi-vector")
 
 
 def _build_exact(kind: ModelKind, backend: str, dtype: str, settings: Settings, path: Path, device: str) -> Backend:
-    """SPLADE, multi-vector and cross-encoder models: torch, fp32 unless asked otherwise.
-
-    `auto` keeps them exact: the fidelity guard measures dense vectors, and their outputs need
-    guards of their own (sparse: weight cosine and top terms) before a fast mode may be picked
-    for them. A SPLADE model may still be asked for fp16/bf16: its pooled term weights are what
-    the guard then compares.
-    """
+    """Cross-encoders: torch fp32, until their scores have a fidelity guard of their own."""
     explicit_backend = settings.backend != "auto"
     if explicit_backend and backend != "torch":
         raise ModelLoadError(f"{kind.name} models run on --backend torch (the ONNX backend serves {', '.join(ONNX_KINDS)})")
     if settings.dtype == "auto":
         dtype = "fp32"
-    elif dtype == "int8" or (dtype != "fp32" and kind.name != "splade"):
+    elif dtype != "fp32":
         raise ModelLoadError(f"{kind.name} models run in fp32 so far, not {dtype}")
     backend_obj = TorchBackend(path, device=device, threads=intra_op_threads(settings), dtype=dtype, kind=kind)
     fidelity = backend_obj.info.fidelity

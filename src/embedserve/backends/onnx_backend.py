@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from embedserve.backends import fidelity
-from embedserve.backends.base import Backend, Batch, Outputs, TokenIds
-from embedserve.backends.heads import BgeM3Heads
+from embedserve.backends.base import Backend, Batch, Fidelity, Outputs, TokenIds
+from embedserve.backends.heads import BgeM3Heads, sparse_rows
 from embedserve.backends.onnx_export import (
     GraphCache,
     cache_key,
@@ -47,8 +47,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-# The graph is the encoder up to its token states; these kinds' heads all read token states.
-ONNX_KINDS = ("sentence-transformer", "bge-m3")
+# The graph is the encoder up to its token states (their heads read token states), or for SPLADE
+# the encoder, its MLM head and the pooling (a vocabulary-sized row per input).
+ONNX_KINDS = ("sentence-transformer", "bge-m3", "splade", "multi-vector")
+MULTIVECTOR = frozenset({Task.MULTIVECTOR})
 
 
 class OnnxBackend(Backend):
@@ -73,23 +75,35 @@ class OnnxBackend(Backend):
                 "model: run it with --backend torch"
             )
         self.pad_id = self._torch.pad_id
+        self.uses_roles = self._torch.uses_roles
+        self._mv = self._torch.multivector_head
+        self._splade = self.kind.name == "splade"
+        if self._splade:
+            check_splade_pooling(self._torch)
         self._inputs = [name for name in _GRAPH_INPUTS if name in self._torch.model_input_names]
         self._threads = threads or physical_cores()
         self._quantization_target = quantization_target
         self.fp32_layers: list[str] = []
         self.smoothing_alpha: float | None = None
-        key_settings = {"dtype": dtype, "inputs": self._inputs}
+        key_settings = {"dtype": dtype, "inputs": self._inputs, "graph": "splade" if self._splade else "encoder"}
         if dtype == "int8":
             key_settings["quantization_target"] = quantization_target  # it decides which layers stay fp32
         key = cache_key(path, key_settings)
         self.cache = GraphCache(cache_dir)
-        self._calibration = self.tokenize(fidelity.calibration_texts(), truncate=True)
-        self._reference = self._embed_calibration(self._torch.embed)
-        extra = self._torch.info.tasks & EXTRA_OUTPUTS
+        texts = fidelity.calibration_texts()
+        # A multi-vector model has no pooled vector: it is judged token by token (on documents).
+        self._by_tokens = self._mv is not None
+        if self._by_tokens:
+            self._calibration = self.tokenize_role(texts, truncate=True, role="document")
+            self._reference = self._encode_calibration(self._torch.encode, MULTIVECTOR)
+        else:
+            self._calibration = self.tokenize(texts, truncate=True)
+            self._reference = self._embed_calibration(self._torch.embed)
+        extra = self._torch.info.tasks & EXTRA_OUTPUTS if not self._by_tokens else frozenset()
         reference_outputs = self._encode_calibration(self._torch.encode, extra) if extra else None
         self.cache_hit = self._open(key, dtype)
         self.info = replace(self._torch.info, backend="onnx", dtype=dtype, weights_bytes=self._graph_bytes)
-        result = fidelity.compare(f"onnx {dtype}", "torch fp32", self._embed_calibration(self.embed), self._reference)
+        result = self._compare(f"onnx {dtype}", self.forward)
         if reference_outputs is not None:
             measured = fidelity.compare_outputs(self._encode_calibration(self.encode, extra), reference_outputs)
             result = replace(result, outputs=measured)
@@ -102,7 +116,7 @@ class OnnxBackend(Backend):
 
         def build(folder: Path) -> None:
             raw, optimized = folder / "raw.onnx", folder / "optimized.onnx"
-            export_encoder(self._torch.transformer_model, self._inputs, raw)
+            export_encoder(self._torch.transformer_model, self._inputs, raw, splade=self._splade)
             optimize_graph(raw, optimized)
             if dtype == "int8":
                 choices = self._quantize(optimized, folder)
@@ -166,11 +180,20 @@ class OnnxBackend(Backend):
     def _encode_calibration(self, encode, tasks: frozenset[Task]) -> Outputs:
         return fidelity.encode_all(self._calibration, encode, tasks, self.pad_id)
 
+    def _compare(self, mode: str, run_graph) -> Fidelity:
+        """How close a graph's outputs (`run_graph(batch)` -> its output) are to the fp32 reference."""
+        if not self._by_tokens:
+            candidate = self._embed_calibration(lambda batch: self.pool(batch, run_graph(batch)))
+            return fidelity.compare(mode, "torch fp32", candidate, self._reference)
+        outputs = self._encode_calibration(lambda batch, tasks: self.heads(batch, run_graph(batch), tasks), MULTIVECTOR)
+        measured = fidelity.compare_outputs(outputs, self._reference)
+        return Fidelity(mode, "torch fp32", measured["multivector_mean_cosine"], measured["multivector_min_cosine"],
+                        len(self._calibration), measured)
+
     def _graph_mean_cosine(self, graph: Path) -> float:
-        """How close a candidate graph's vectors are to the fp32 reference (mean cosine)."""
+        """How close a candidate graph's outputs are to the fp32 reference (mean cosine)."""
         session = self._session_for(graph)
-        candidate = self._embed_calibration(lambda batch: self.pool(batch, self._run(session, batch)))
-        return fidelity.compare("candidate", "torch fp32", candidate, self._reference).mean_cosine
+        return self._compare("candidate", lambda batch: self._run(session, batch)).mean_cosine
 
     def _session_for(self, graph: Path) -> ort.InferenceSession:
         return open_session(graph, self._threads)
@@ -184,6 +207,9 @@ class OnnxBackend(Backend):
     def token_texts(self, ids: Sequence[int]) -> list[str]:
         return self._torch.token_texts(ids)
 
+    def tokenize_role(self, texts: Sequence[str], *, truncate: bool, role: str) -> list[TokenIds]:
+        return self._torch.tokenize_role(texts, truncate=truncate, role=role)
+
     def limit_sequence_length(self, max_seq_length: int) -> None:
         self._torch.limit_sequence_length(max_seq_length)
         super().limit_sequence_length(self._torch.info.max_seq_length)
@@ -195,7 +221,10 @@ class OnnxBackend(Backend):
         return session.run(None, self._feeds(batch))[0]
 
     def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
-        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        mask = batch.attention_mask
+        if self._mv is not None:  # query expansion the model doesn't attend to
+            mask = self._mv.encoder_mask(batch, self._mv.expansion_positions(batch)).numpy()
+        feeds = {"input_ids": batch.input_ids, "attention_mask": mask}
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = batch.segment_ids()
         return feeds
@@ -205,9 +234,22 @@ class OnnxBackend(Backend):
         return self._torch.m3_heads
 
     def heads(self, batch: Batch, hidden: np.ndarray, tasks: frozenset[Task]) -> Outputs:
+        if self._splade:
+            return Outputs(sparse=sparse_rows(hidden))
+        if self._mv is not None:
+            expansion = self._mv.expansion_positions(batch)
+            features = {
+                "token_embeddings": torch.from_numpy(hidden),
+                "input_ids": torch.from_numpy(batch.input_ids),
+                "attention_mask": self._mv.encoder_mask(batch, expansion),
+                "query_expansion_positions": expansion,
+            }
+            return Outputs(multivector=self._mv.vectors(batch, features))
         return model_outputs(self, batch, hidden, tasks, lambda: hidden)
 
     def pool(self, batch: Batch, hidden: np.ndarray) -> np.ndarray:
+        if self._splade:
+            return hidden  # the graph pooled already: one row of term weights per input
         if self._torch.mean_pooling_only:
             # The model's own Pooling module computes exactly this; in numpy it costs a fifth
             # (0.03 vs 0.2 ms a batch, ~1.5% of the int8 forward), and no tensors are built.
@@ -219,3 +261,13 @@ class OnnxBackend(Backend):
             "attention_mask": torch.from_numpy(batch.attention_mask),
         }
         return self._torch.pool(batch, features)
+
+
+def check_splade_pooling(torch_backend: TorchBackend) -> None:
+    """The graph pools as SpladePooling's defaults do (max over tokens, relu): refuse any other."""
+    pooling = next((m for m in torch_backend.pooling_modules if type(m).__name__ == "SpladePooling"), None)
+    if pooling is None or len(torch_backend.pooling_modules) != 1:
+        raise ModelLoadError("this sparse model has modules besides SpladePooling; run it with --backend torch")
+    strategy, activation = getattr(pooling, "pooling_strategy", "max"), getattr(pooling, "activation_function", "relu")
+    if (strategy, activation) != ("max", "relu"):
+        raise ModelLoadError(f"the ONNX graph pools SPLADE as max/relu, this model as {strategy}/{activation}: use --backend torch")

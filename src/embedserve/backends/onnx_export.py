@@ -127,16 +127,38 @@ class _EncoderForExport(torch.nn.Module):
         return self.model(**dict(zip(self.input_names, inputs, strict=True))).last_hidden_state
 
 
-def export_encoder(model: torch.nn.Module, input_names: Sequence[str], out: Path) -> None:
+class _SpladeForExport(torch.nn.Module):
+    """Positional inputs -> SPLADE term weights [batch, vocab]: max over tokens of log1p(relu(MLM logits)).
+
+    Pooled inside the graph, as sentence-transformers' SpladePooling (max, relu) computes it, so
+    the graph returns one vocabulary-sized row per input instead of one per token (30,522 floats
+    a token for a BERT vocabulary).
+    """
+
+    def __init__(self, model: torch.nn.Module, input_names: Sequence[str]):
+        super().__init__()
+        self.model = model
+        self.input_names = list(input_names)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        features = dict(zip(self.input_names, inputs, strict=True))
+        logits = self.model(**features).logits
+        mask = features["attention_mask"].unsqueeze(-1).to(logits.dtype)
+        return torch.log1p(torch.relu(logits * mask)).max(dim=1).values
+
+
+def export_encoder(model: torch.nn.Module, input_names: Sequence[str], out: Path, *, splade: bool = False) -> None:
     """Export with dynamic batch and sequence axes, so any batch shape runs.
 
     Traced with transformers' eager attention rather than SDPA: the SDPA trace adds NaN
     guards (IsNaN/Where) around every softmax and 30% more shape ops, and the eager graph
     ran faster in ONNX Runtime (same vectors; docs/benchmarks.md).
     """
-    wrapper = _EncoderForExport(model, input_names).eval()
+    wrapper = (_SpladeForExport if splade else _EncoderForExport)(model, input_names).eval()
     sample = tuple(torch.ones(2, 8, dtype=torch.long) for _ in input_names)
     axes = {name: {0: "batch", 1: "sequence"} for name in [*input_names, "last_hidden_state"]}
+    if splade:
+        axes["last_hidden_state"] = {0: "batch"}  # the output keeps its name: one row per input
     previous = getattr(model.config, "_attn_implementation", None)
     switch = hasattr(model, "set_attn_implementation") and previous not in (None, "eager")
     if switch:

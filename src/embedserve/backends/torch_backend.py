@@ -171,6 +171,14 @@ class TorchBackend(Backend):
         return self._m3
 
     @property
+    def multivector_head(self) -> MultiVectorHead | None:
+        return self._mv
+
+    @property
+    def pooling_modules(self) -> list[torch.nn.Module]:
+        return list(self._poolers)
+
+    @property
     def transformer_model(self) -> torch.nn.Module:
         """The underlying transformers model (what an ONNX export traces)."""
         return self._encoder.auto_model
