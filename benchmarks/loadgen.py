@@ -1,14 +1,16 @@
-"""Closed-loop load generator for any OpenAI-shaped POST /v1/embeddings endpoint.
+"""Closed-loop load generator for a JSON POST route, by default OpenAI-shaped /v1/embeddings.
 
 `concurrency` clients each loop: take the next `batch` sentences (round-robin over the
 shared sentence list), send them, wait for the answer, repeat, until `total` sentences
 have been sent overall. Closed loop means throughput is what the server sustains at that
 many outstanding requests, which is how a fleet of synchronous callers behaves.
 
-Every answer is checked (status 200, one embedding per input, right index, right size);
-a wrong answer counts as an error and its sentences do not count toward throughput, so
-a server cannot look fast by answering badly. A few untimed warm-up requests first let
-the server finish lazy initialisation; their answer also fixes the expected dimension.
+Every answer is checked (by default: status 200, one embedding per input, right index,
+right size); a wrong answer counts as an error and its sentences do not count toward
+throughput, so a server cannot look fast by answering badly. A few untimed warm-up requests
+first let the server finish lazy initialisation; their answer also fixes the expected
+dimension. Other routes (/v1/encodings, TEI's /embed_sparse) pass their own request body
+builder and answer checker to `run_load`; the checkers for embedserve's routes are here too.
 
 The whole run is bounded by `timeout` seconds: past it no new request starts and the
 in-flight ones are cut off, and the result says timed_out.
@@ -23,7 +25,7 @@ import asyncio
 import json
 import math
 import time
-
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -45,6 +47,8 @@ try:  # aiohttp costs the client far less CPU per request than httpx, which matt
     CLIENT_ERRORS += (aiohttp.ClientError,)
 except ImportError:  # pragma: no cover - httpx only
     aiohttp = None
+
+ENCODING_OUTPUTS = ("dense", "sparse", "multivector")  # what POST /v1/encodings can answer per input
 
 
 @dataclass
@@ -85,9 +89,15 @@ async def http_poster(kind: str, target: str, concurrency: int):
             yield post
 
 
-def endpoint(url: str) -> str:
+# A checker takes an answer and the number of inputs sent; it returns an error or None.
+AnswerChecker = Callable[[Reply, int], str | None]
+BodyBuilder = Callable[[list[str]], bytes]  # the texts of one request -> its JSON body
+
+
+def endpoint(url: str, path: str = "/v1/embeddings") -> str:
+    """`url` unchanged if it already ends with `path`, else the base URL + `path`."""
     url = url.rstrip("/")
-    return url if url.endswith("/v1/embeddings") else url + "/v1/embeddings"
+    return url if url.endswith(path) else url + path
 
 
 def percentile(sorted_values: list[float], pct: float) -> float | None:
@@ -121,6 +131,71 @@ def check_response(resp: Reply, n_inputs: int, dim: int | None) -> tuple[str | N
     return None, seen_dim
 
 
+def check_encodings(outputs: list[str]) -> AnswerChecker:
+    """Checker for POST /v1/encodings answers (encoding_format float) asking `outputs`."""
+
+    def check(resp: Reply, n: int) -> str | None:
+        if resp.status_code != 200:
+            return f"HTTP {resp.status_code}: {resp.text[:200]}"
+        try:
+            data = orjson.loads(resp.content)["data"]
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            return f"bad body: {exc!r}"
+        if not isinstance(data, list) or len(data) != n:
+            return f"expected {n} items, got {len(data) if isinstance(data, list) else data!r}"
+        for i, item in enumerate(data):
+            if not isinstance(item, dict) or item.get("index") != i:
+                return f"item {i}: index {item.get('index') if isinstance(item, dict) else item!r}"
+            for name in ENCODING_OUTPUTS:
+                if (name in outputs) != (item.get(name) is not None):
+                    return f"item {i}: output {name} {'missing' if name in outputs else 'not asked but sent'}"
+            dense = item.get("dense")
+            if "dense" in outputs and (not isinstance(dense, list) or not dense):
+                return f"item {i}: no dense vector"
+            sparse = item.get("sparse")
+            if "sparse" in outputs and (
+                not isinstance(sparse, dict) or not isinstance(sparse.get("indices"), list)
+                or not isinstance(sparse.get("values"), list) or len(sparse["indices"]) != len(sparse["values"])
+            ):
+                return f"item {i}: bad sparse {str(sparse)[:100]}"
+            multi = item.get("multivector")
+            if "multivector" in outputs and (not isinstance(multi, list) or not multi or not isinstance(multi[0], list)):
+                return f"item {i}: bad multivector"
+        return None
+
+    return check
+
+
+def check_encodings_count(resp: Reply, n: int) -> str | None:
+    """Checker for base64 /v1/encodings answers: only the item count (the vectors are not decoded)."""
+    if resp.status_code != 200:
+        return f"HTTP {resp.status_code}: {resp.text[:200]}"
+    try:
+        data = orjson.loads(resp.content)["data"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        return f"bad body: {exc!r}"
+    return None if isinstance(data, list) and len(data) == n else f"expected {n} items"
+
+
+def check_tei_sparse(resp: Reply, n: int) -> str | None:
+    """Checker for TEI-style POST /embed_sparse answers: per input a list of {index, value}."""
+    if resp.status_code != 200:
+        return f"HTTP {resp.status_code}: {resp.text[:200]}"
+    try:
+        data = orjson.loads(resp.content)
+    except orjson.JSONDecodeError as exc:
+        return f"bad body: {exc!r}"
+    if not isinstance(data, list) or len(data) != n:
+        return f"expected {n} sparse vectors, got {len(data) if isinstance(data, list) else data!r}"
+    for i, terms in enumerate(data):
+        if not isinstance(terms, list) or not terms:
+            return f"input {i}: no terms ({str(terms)[:80]})"
+        first = terms[0]
+        if not isinstance(first, dict) or not isinstance(first.get("index"), int) or "value" not in first:
+            return f"input {i}: bad term {first!r}"
+    return None
+
+
 async def run_load(
     url: str,
     concurrency: int,
@@ -133,12 +208,36 @@ async def run_load(
     warmup: int = 3,
     dim: int | None = None,
     client: str = "aiohttp",
+    path: str = "/v1/embeddings",
+    make_body: BodyBuilder | None = None,
+    check: AnswerChecker | None = None,
 ) -> dict:
-    """Drive the endpoint and return a summary dict (throughput, latency, errors)."""
+    """Drive the endpoint and return a summary dict (throughput, latency, errors).
+
+    By default the route is /v1/embeddings, the body `{"input": texts, "model": model}` and
+    the answer checked by `check_response`, its size learnt from the warm-up answers unless
+    `dim` is given. Another route passes `path`, `make_body` (then `model` is unused) and
+    `check` (then `dim` is only reported back as given).
+    """
     if concurrency < 1 or batch < 1 or total < 1:
         raise ValueError("concurrency, batch and total must be >= 1")
     sents = sentences if sentences is not None else sentences_mod.load_sentences()
-    target = endpoint(url)
+    target = endpoint(url, path)
+    warming_up = True
+    if make_body is None:
+
+        def make_body(texts: list[str]) -> bytes:
+            return orjson.dumps({"input": texts, "model": model})
+
+    if check is None:
+
+        def check(resp: Reply, n: int) -> str | None:
+            nonlocal dim
+            err, seen = check_response(resp, n, dim)
+            if warming_up:  # the warm-up answers fix the size the timed ones are held to
+                dim = seen
+            return err
+
     deadline = time.monotonic() + timeout
     cursor = 0  # next sentence index; asyncio is single-threaded, so no lock is needed
     assigned = 0  # sentences handed to requests so far
@@ -156,22 +255,21 @@ async def run_load(
     async with http_poster(client, target, concurrency) as send:
 
         async def post(texts: list[str]) -> Reply:
-            body = orjson.dumps({"input": texts, "model": model})
-            return await send(body, max(0.001, deadline - time.monotonic()))
+            return await send(make_body(texts), max(0.001, deadline - time.monotonic()))
 
         # Warm-up takes sentences from the end of the list, so the timed run (which starts
         # at the first sentence) does not resend them to a server that might cache.
         cursor = (len(sents) - (warmup * batch) % len(sents)) % len(sents)
-        for _ in range(warmup):  # untimed; also learns the embedding size
+        for _ in range(warmup):  # untimed; the default check also learns the embedding size
             texts = next_chunk(batch)
             try:
-                err, seen = check_response(await post(texts), len(texts), dim)
+                err = check(await post(texts), len(texts))
             except CLIENT_ERRORS as exc:
-                err, seen = f"{type(exc).__name__}: {exc}", None
+                err = f"{type(exc).__name__}: {exc}"
             if err:
                 raise RuntimeError(f"warm-up request to {target} failed: {err}")
-            dim = seen
         cursor = 0
+        warming_up = False
 
         async def client_loop() -> None:
             nonlocal assigned, ok_sentences, ok_requests, timed_out
@@ -184,8 +282,7 @@ async def run_load(
                 texts = next_chunk(n)
                 t0 = time.perf_counter()
                 try:
-                    resp = await post(texts)
-                    err, _ = check_response(resp, n, dim)
+                    err = check(await post(texts), n)
                 except TIMEOUTS:
                     timed_out, err = True, "timeout"
                 except CLIENT_ERRORS as exc:
