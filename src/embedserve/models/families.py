@@ -80,7 +80,7 @@ def detect_family(model_id: str, path: Path | None = None) -> Family:
     for pattern, family in _NAME_RULES:
         if any(pattern.search(name) for name in names):
             return family
-    architectures = _read_json(path / "config.json").get("architectures") if path else None
+    architectures = read_json(path / "config.json").get("architectures") if path else None
     for arch in architectures if isinstance(architectures, list) else []:
         if isinstance(arch, str) and arch in _ARCHITECTURE_RULES:
             return _ARCHITECTURE_RULES[arch]
@@ -106,11 +106,12 @@ def declared_max_seq_length(path: Path | None) -> int | None:
     """max_seq_length from the model's sentence_bert_config.json, if it declares one."""
     if path is None:
         return None
-    value = _read_json(path / "sentence_bert_config.json").get("max_seq_length")
+    value = read_json(path / "sentence_bert_config.json").get("max_seq_length")
     return int(value) if isinstance(value, int) else None
 
 
-def _read_json(file: Path) -> dict:
+def read_json(file: Path) -> dict:
+    """A JSON object from a model folder's file; {} when the file is missing, unreadable or not an object."""
     try:
         value = json.loads(file.read_text())
     except (OSError, ValueError):

@@ -20,12 +20,12 @@ message that says what was found: it is never served as something it is not.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
 from embedserve.errors import ModelLoadError
+from embedserve.models.families import read_json
 
 
 class Task(StrEnum):
@@ -65,7 +65,7 @@ _ST_TYPES = {
 
 def detect_kind(path: Path) -> ModelKind:
     """The kind of the model in `path` (a folder), or ModelLoadError saying why it is none."""
-    st_type = _read_json(path / "config_sentence_transformers.json").get("model_type")
+    st_type = read_json(path / "config_sentence_transformers.json").get("model_type")
     if st_type is None and (path / "modules.json").is_file():
         st_type = SENTENCE_TRANSFORMER  # saved before sentence-transformers wrote model_type
     heads = [name for name in BGE_M3_HEADS if (path / name).is_file()]
@@ -84,7 +84,7 @@ def detect_kind(path: Path) -> ModelKind:
             )
         name, tasks = _ST_TYPES[st_type]
         return ModelKind(name, frozenset(tasks), st_type, f"sentence-transformers model_type {st_type}")
-    config = _read_json(path / "config.json")
+    config = read_json(path / "config.json")
     if not config:
         raise ModelLoadError("the folder has no config.json and no sentence-transformers files: it is not a model")
     architectures = [a for a in config.get("architectures") or [] if isinstance(a, str)]
@@ -105,11 +105,3 @@ def detect_kind(path: Path) -> ModelKind:
 def _bare(architecture: str) -> bool:
     """A transformers base model (`BertModel`), not one with a task head (`...ForX`, `...LMHeadModel`)."""
     return architecture.endswith("Model") and "For" not in architecture and "LMHead" not in architecture
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        value = json.loads(file.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
