@@ -2,11 +2,12 @@
 
 The model is loaded with sentence-transformers so that its own module stack (Transformer,
 Pooling, Dense, Normalize) and its config (max_seq_length, prompts) are honoured; which class
-reads it (SentenceTransformer, SparseEncoder, CrossEncoder) is what the folder says it is
-(models/tasks.py). We run the first module as `forward` and the rest, minus Normalize, as
-`pool`: normalisation is applied by the engine so that raw pooled vectors stay available. For a
-SPLADE model `pool` is SpladePooling (a vocabulary-sized row); for BGE-M3 the sparse and
-ColBERT heads (backends/heads.py) read the same forward pass's token states.
+reads it (SentenceTransformer, SparseEncoder, MultiVectorEncoder, CrossEncoder) is what the
+folder says it is (models/tasks.py). We run the first module as `forward` and the rest, minus
+Normalize, as `pool`: normalisation is applied by the engine so that raw pooled vectors stay
+available. For a SPLADE model `pool` is SpladePooling (a vocabulary-sized row); for BGE-M3 the
+sparse and ColBERT heads (backends/heads.py) read the same forward pass's token states; a
+multi-vector model's own modules run as its head (backends/multivector.py).
 """
 
 from __future__ import annotations
