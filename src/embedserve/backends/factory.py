@@ -64,8 +64,25 @@ def intra_op_threads(settings: Settings) -> int:
     return settings.threads or max(1, physical_cores() // settings.model_workers)
 
 
+def single_threaded_numpy_blas() -> None:
+    """numpy's own BLAS (OpenBLAS) on one thread, for the whole process.
+
+    The engine's heavy work runs in ONNX Runtime's and torch's thread pools; numpy only runs the
+    small per-task heads after them (BGE-M3's ColBERT projection, pooling). With OpenBLAS on its
+    default one-thread-per-core, its idle threads spin for a while after each call and ONNX
+    Runtime's threads spin after each run, and on 2 cores the two fight: dense + sparse + ColBERT
+    took 1.75x the time of dense alone in-process (all-MiniLM-L6-v2 with BGE-M3 heads, ONNX
+    fp32, batches of 32), against 1.01-1.05x with OpenBLAS on one thread, which also made dense
+    alone ~3% faster (benchmarks/engine_outputs.py, docs/benchmarks.md).
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 def build_backend(settings: Settings, path: Path) -> Backend:
     kind = detect_kind(path)  # refuses a folder that is no model we serve, before loading anything
+    single_threaded_numpy_blas()
     device = pick_device(settings.device)
     backend_name, dtype = choose_mode(settings.backend, settings.dtype, device)
     if kind.name not in ONNX_KINDS:
