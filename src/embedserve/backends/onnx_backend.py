@@ -85,7 +85,7 @@ class OnnxBackend(Backend):
         self._quantization_target = quantization_target
         self.fp32_layers: list[str] = []
         self.smoothing_alpha: float | None = None
-        key_settings = {"dtype": dtype, "inputs": self._inputs, "graph": "splade" if self._splade else "encoder"}
+        key_settings = {"dtype": dtype, "inputs": self._inputs, "graph": "splade-max-first" if self._splade else "encoder"}
         if dtype == "int8":
             key_settings["quantization_target"] = quantization_target  # it decides which layers stay fp32
         key = cache_key(path, key_settings)

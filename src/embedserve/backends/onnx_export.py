@@ -132,7 +132,10 @@ class _SpladeForExport(torch.nn.Module):
 
     Pooled inside the graph, as sentence-transformers' SpladePooling (max, relu) computes it, so
     the graph returns one vocabulary-sized row per input instead of one per token (30,522 floats
-    a token for a BERT vocabulary).
+    a token for a BERT vocabulary). The max is taken first: log1p(relu(.)) never decreases, so
+    log1p(relu(max_t x_t)) is exactly max_t log1p(relu(x_t)) (the same element wins), and two of
+    the three passes over the [batch, tokens, vocab] logits become passes over [batch, vocab].
+    Padded positions count as 0, as SpladePooling's `logits * mask` makes them.
     """
 
     def __init__(self, model: torch.nn.Module, input_names: Sequence[str]):
@@ -144,7 +147,7 @@ class _SpladeForExport(torch.nn.Module):
         features = dict(zip(self.input_names, inputs, strict=True))
         logits = self.model(**features).logits
         mask = features["attention_mask"].unsqueeze(-1).to(logits.dtype)
-        return torch.log1p(torch.relu(logits * mask)).max(dim=1).values
+        return torch.log1p(torch.relu((logits * mask).max(dim=1).values))
 
 
 def export_encoder(model: torch.nn.Module, input_names: Sequence[str], out: Path, *, splade: bool = False) -> None:
