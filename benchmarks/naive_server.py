@@ -68,15 +68,20 @@ def create_app(model_path: str | None = None, device: str = "cpu") -> FastAPI:
     return app
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def serve(make_app, description: str, *, port: int, model_help: str) -> None:
+    """The command line of a naive server: parse --host/--port/--model-path/--device, build, run."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8100)
-    parser.add_argument("--model-path", default=None, help="default: the installed all-MiniLM-L6-v2")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--model-path", default=None, help=model_help)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    app = create_app(args.model_path, args.device)
+    app = make_app(args.model_path, args.device)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+def main() -> None:
+    serve(create_app, __doc__.splitlines()[0], port=8100, model_help="default: the installed all-MiniLM-L6-v2")
 
 
 if __name__ == "__main__":

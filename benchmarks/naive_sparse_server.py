@@ -13,16 +13,14 @@ is tuned on purpose.
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import os
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model is local; never reach for the Hub
 
-import uvicorn
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
+from naive_server import serve
+from retrieval_models import splade_folder
 from sentence_transformers import SparseEncoder
 
 
@@ -32,17 +30,9 @@ class SparseRequest(BaseModel):
     model: str | None = None
 
 
-def default_model_path() -> str:
-    """The SPLADE-tiny folder shipped in the `cognition` package (found without importing it)."""
-    spec = importlib.util.find_spec("cognition")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the 'cognition' package (SPLADE-tiny) is not installed; pass --model-path")
-    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
-
-
 def create_app(model_path: str | None = None, device: str = "cpu") -> FastAPI:
     """Load the model once, at app creation, then serve it from a sync route."""
-    model = SparseEncoder(model_path or default_model_path(), device=device)
+    model = SparseEncoder(model_path or str(splade_folder()), device=device)
     app = FastAPI(title="naive sparse baseline")
 
     @app.get("/health")
@@ -68,14 +58,7 @@ def create_app(model_path: str | None = None, device: str = "cpu") -> FastAPI:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8110)
-    parser.add_argument("--model-path", default=None, help="default: the installed SPLADE-tiny (cognition/model)")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
-    app = create_app(args.model_path, args.device)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    serve(create_app, __doc__.splitlines()[0], port=8110, model_help="default: the installed SPLADE-tiny (cognition/model)")
 
 
 if __name__ == "__main__":
