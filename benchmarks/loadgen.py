@@ -131,18 +131,26 @@ def check_response(resp: Reply, n_inputs: int, dim: int | None) -> tuple[str | N
     return None, seen_dim
 
 
+def _encodings_data(resp: Reply, n: int) -> tuple[list | None, str | None]:
+    """The `data` list of a /v1/encodings answer holding `n` items, or what is wrong with the answer."""
+    if resp.status_code != 200:
+        return None, f"HTTP {resp.status_code}: {resp.text[:200]}"
+    try:
+        data = orjson.loads(resp.content)["data"]
+    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+        return None, f"bad body: {exc!r}"
+    if not isinstance(data, list) or len(data) != n:
+        return None, f"expected {n} items, got {len(data) if isinstance(data, list) else data!r}"
+    return data, None
+
+
 def check_encodings(outputs: list[str]) -> AnswerChecker:
     """Checker for POST /v1/encodings answers (encoding_format float) asking `outputs`."""
 
     def check(resp: Reply, n: int) -> str | None:
-        if resp.status_code != 200:
-            return f"HTTP {resp.status_code}: {resp.text[:200]}"
-        try:
-            data = orjson.loads(resp.content)["data"]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            return f"bad body: {exc!r}"
-        if not isinstance(data, list) or len(data) != n:
-            return f"expected {n} items, got {len(data) if isinstance(data, list) else data!r}"
+        data, error = _encodings_data(resp, n)
+        if error is not None:
+            return error
         for i, item in enumerate(data):
             if not isinstance(item, dict) or item.get("index") != i:
                 return f"item {i}: index {item.get('index') if isinstance(item, dict) else item!r}"
@@ -168,13 +176,7 @@ def check_encodings(outputs: list[str]) -> AnswerChecker:
 
 def check_encodings_count(resp: Reply, n: int) -> str | None:
     """Checker for base64 /v1/encodings answers: only the item count (the vectors are not decoded)."""
-    if resp.status_code != 200:
-        return f"HTTP {resp.status_code}: {resp.text[:200]}"
-    try:
-        data = orjson.loads(resp.content)["data"]
-    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        return f"bad body: {exc!r}"
-    return None if isinstance(data, list) and len(data) == n else f"expected {n} items"
+    return _encodings_data(resp, n)[1]
 
 
 def check_tei_sparse(resp: Reply, n: int) -> str | None:
