@@ -112,7 +112,6 @@ def test_single_and_batch_agree(prompted):
         ("/vectorize", {"text": "x", "is_query": "yes"}, "is_query", "valid boolean"),
         ("/vectorize", {"text": "x", "is_query": 1}, "is_query", "valid boolean"),
         ("/vectorize-batch", {}, "items", "is required"),
-        ("/vectorize-batch", {"items": []}, "items", "at least 1 item"),
         ("/vectorize-batch", {"items": "one"}, "items", "valid list"),
         ("/vectorize-batch", {"items": ["a", 2]}, "items[1]", "valid string"),
         ("/vectorize-batch", {"items": ["a", ""]}, "items[1]", "at least 1 character"),
@@ -144,3 +143,49 @@ def test_limits_name_the_callers_fields(make_client):
 @pytest.mark.parametrize("path", ["/vectorize", "/vectorize-batch"])
 def test_get_is_405(client, path):
     assert_error(client.get(path), 405)
+
+
+# ---- the current version's other `items` formats ------------------------------------------
+
+
+def test_an_id_map_answers_vectors_by_id(client, fake_backend):
+    r = client.post("/vectorize-batch", json={"items": {"prod_1": "first document", "prod_2": "second one"}})
+    assert r.status_code == 200, r.text
+    vectors = r.json()["vectors"]
+    assert list(vectors) == ["prod_1", "prod_2"]
+    assert np.allclose(vectors["prod_2"], expected(fake_backend, "second one"), atol=1e-6)
+
+
+def test_id_text_objects_answer_id_vector_objects(client, fake_backend):
+    r = client.post("/vectorize-batch", json={"items": [{"id": 7, "text": "first document"}, {"id": "b", "text": "x"}]})
+    assert r.status_code == 200, r.text
+    vectors = r.json()["vectors"]
+    assert [v["id"] for v in vectors] == [7, "b"]
+    assert np.allclose(vectors[0]["vector"], expected(fake_backend, "first document"), atol=1e-6)
+
+
+def test_empty_items_answer_no_vectors(client):
+    for items, answer in (([], []), ({}, {})):
+        r = client.post("/vectorize-batch", json={"items": items})
+        assert r.status_code == 200 and r.json() == {"vectors": answer}
+
+
+@pytest.mark.parametrize(
+    ("items", "param", "words"),
+    [
+        ({"id1": "ok", "id2": 3}, "items.id2", "valid string"),
+        ([{"id": 1}], "items[0].text", "is required"),
+        ([{"id": 1, "text": "a"}, "b"], "items[1]", "valid dictionary"),
+        ([{"id": 1.5, "text": "a"}], "items[0].id", "must be a string or an integer"),
+    ],
+)
+def test_bad_items_of_each_format_are_named(client, items, param, words):
+    error = assert_error(client.post("/vectorize-batch", json={"items": items}), 422, param=param)
+    assert words in error["message"]
+
+
+def test_an_input_error_names_the_map_key(make_client):
+    client = make_client(truncate=False)
+    long = " ".join(["w"] * 20)
+    error = assert_error(client.post("/vectorize-batch", json={"items": {"a": "ok", "b": long}}), 422, param="b")
+    assert "'b' has at least 22 tokens" in error["message"]
