@@ -14,7 +14,7 @@ from embedserve.api import embeddings_lane
 from embedserve.api.app import ROUTERS, create_app
 from embedserve.api.routing import Scope, route_scope
 from embedserve.backends.fake import FakeBackend
-from embedserve.models.tasks import OUTPUTS
+from embedserve.models.tasks import Task
 from embedserve.settings import Settings
 from tests.conftest import FakeResolver, wait_ready
 
@@ -31,6 +31,7 @@ BODIES = {  # a body each route would serve with the right key, so only the key 
     "/embed_sparse": {"inputs": "hello"},
     "/embed_all": {"inputs": ["hello"]},
     "/v1/encodings": {"input": "hello"},
+    "/rerank": {"query": "hello", "texts": ["hello world", "cat"]},
 }
 PARAMS = {"/model/load": {"model_name": "org/other"}, "/model/unload": {"model_name": "org/fake-model"}}
 
@@ -69,7 +70,7 @@ class CountingResolver(FakeResolver):
 
 @pytest.fixture
 def walk(tmp_path):
-    backend, resolver = FakeBackend(tasks=frozenset(OUTPUTS)), CountingResolver()  # every route's task
+    backend, resolver = FakeBackend(tasks=frozenset(Task)), CountingResolver()  # every route's task
     keys = tmp_path / "keys.txt"
     keys.write_text("sk-embed embed\nsk-admin admin\n")
     settings = Settings(models=("org/fake-model",), api_keys=("sk-all",), api_key_file=keys)
@@ -88,7 +89,7 @@ def test_every_route_the_app_serves_declares_a_scope(walk):
     ours = [route for router in ROUTERS for route in router.routes]
     served = served_routes(app)
     assert {(r.path, frozenset(r.methods)) for r in served} == {(r.path, frozenset(r.methods)) for r in ours}
-    assert len(served) >= 24  # the walk below covers what the app really serves (24 routes today)
+    assert len(served) >= 25  # the walk below covers what the app really serves (25 routes today)
     for route in served:
         assert route_scope(route) is not None, f"{route.path} declares no scope"
         assert (route_scope(route) in (Scope.OPEN, Scope.METRICS)) == (route.path in OPEN), route.path

@@ -34,7 +34,7 @@ from schemathesis.python import asgi
 
 from embedserve.api.app import create_app
 from embedserve.backends.fake import FakeBackend
-from embedserve.models.tasks import OUTPUTS
+from embedserve.models.tasks import Task
 from embedserve.errors import ModelNotFound, shown
 from embedserve.models.registry import ResolvedModel, aliases_for
 from embedserve.settings import Settings
@@ -75,7 +75,7 @@ class FuzzResolver:
 
 def make_app(keys: bool, **overrides):
     settings = Settings(models=(MODEL,), api_keys=(KEY,) if keys else (), **overrides)
-    return create_app(settings, backend_factory=lambda path: FakeBackend(tasks=frozenset(OUTPUTS)), resolver=FuzzResolver())
+    return create_app(settings, backend_factory=lambda path: FakeBackend(tasks=frozenset(Task)), resolver=FuzzResolver())
 
 
 def fuzz_config(keys: bool) -> schemathesis.Config:
@@ -248,6 +248,8 @@ SUCCESS = [  # (operation, request), in order: OTHER is loaded before it is unlo
     ("POST /embed_all", {"body": {"inputs": "hello world"}}),
     ("POST /v1/encodings", {"body": {"input": ["hello world"], "encoding_format": "base64", "sparse": {"top_k": 2, "return_tokens": True}}}),
     ("POST /v1/encodings", {"body": {"input": "hello", "outputs": ["sparse"], "sparse": {"min_weight": 0.2}}}),
+    ("POST /rerank", {"body": {"query": "hello", "texts": ["hello world", "cat"], "return_text": True}}),
+    ("POST /rerank", {"body": {"query": "hello", "documents": ["hello world", "cat"], "top_n": 1}}),
 ]
 
 
@@ -315,6 +317,7 @@ CAN_ANSWER: dict[str, set[int]] = {
     "POST /embed_sparse": EMBEDS | {400, 404, 424, 504, 507},
     "POST /embed_all": EMBEDS | {400, 404, 424, 504, 507},
     "POST /v1/encodings": EMBEDS | {400, 404, 424, 504, 507},
+    "POST /rerank": EMBEDS | {400, 404, 424, 504, 507},
 }
 ERROR_REF = "#/components/schemas/ErrorResponse"
 

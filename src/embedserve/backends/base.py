@@ -43,6 +43,7 @@ class Outputs:
     dense: np.ndarray | None = None  # float32 [n, dimension], not normalised
     sparse: list[SparseVector] | None = None
     multivector: list[np.ndarray] | None = None  # float32 [tokens_i, dim] per input, no padding rows
+    scores: np.ndarray | None = None  # float32 [n, labels]: a cross-encoder's raw logits per (query, document) pair
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,7 @@ class ModelInfo:
     tasks: frozenset[Task] = frozenset({Task.EMBED})
     kind: str = "sentence-transformer"  # models/tasks.py ModelKind.name
     multivector_dimension: int | None = None
+    score_labels: int | None = None  # a cross-encoder's scores per pair
 
 
 @dataclass(frozen=True)
@@ -165,6 +167,17 @@ class Backend(ABC):
 
     def tokenize_role(self, texts: Sequence[str], *, truncate: bool, role: str) -> list[TokenIds]:
         return self.tokenize(texts, truncate=truncate)
+
+    def tokenize_pairs(
+        self, pairs: Sequence[tuple[str, str]], *, truncate: bool
+    ) -> tuple[list[TokenIds], list[TokenIds] | None]:
+        """Token ids of (query, document) pairs for a model that scores pairs, and their segment ids
+        (None when the model takes none); when cut, only the document is cut."""
+        raise NotImplementedError
+
+    def activate_scores(self, logits: np.ndarray) -> np.ndarray:
+        """The model's own activation of its raw scores (a cross-encoder's sigmoid, say)."""
+        return logits
 
     @abstractmethod
     def wrap_ids(self, ids: Sequence[TokenIds], *, truncate: bool) -> list[TokenIds]:

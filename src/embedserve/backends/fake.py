@@ -51,9 +51,11 @@ class FakeBackend(Backend):
             tasks=tasks,
             kind="fake",
             multivector_dimension=multivector_dimension if Task.MULTIVECTOR in tasks else None,
+            score_labels=1 if Task.SCORE in tasks else None,
         )
         self.pad_id = PAD
         self.batch_tasks: list[frozenset[Task]] = []  # the tasks every batch computed, in order
+        self.batch_types: list[list[TokenIds] | None] = []  # every batch's segment ids (None: it had none)
         self.delay = delay
         self.batch_sizes: list[int] = []
         self.batches: list[list[TokenIds]] = []  # the token ids of every batch run, in order
@@ -109,6 +111,10 @@ class FakeBackend(Backend):
     def encode(self, batch: Batch, tasks: frozenset[Task]) -> Outputs:
         with self._lock:
             self.batch_tasks.append(tasks)
+            types = batch.token_type_ids
+            self.batch_types.append(
+                None if types is None else [row[mask == 1].tolist() for row, mask in zip(types, batch.attention_mask)]
+            )
         return super().encode(batch, tasks)
 
     def heads(self, batch: Batch, hidden: np.ndarray, tasks: frozenset[Task]) -> Outputs:
@@ -120,7 +126,28 @@ class FakeBackend(Backend):
             out.sparse = [self.sparse_for(ids) for ids in rows]
         if Task.MULTIVECTOR in tasks:
             out.multivector = [self.multivector_for(ids) for ids in rows]
+        if Task.SCORE in tasks:
+            out.scores = np.array([[self.score_for(ids)] for ids in rows], dtype=np.float32)
         return out
+
+    def tokenize_pairs(self, pairs, *, truncate: bool):
+        """[CLS] query [SEP] document [SEP], segment 0 then 1 (documents cut to fit, never queries)."""
+        ids, types = [], []
+        for query, document in pairs:
+            q = self.wrap_ids([[self._word_id(w) for w in query.split()]], truncate=truncate)[0]
+            d = [self._word_id(w) for w in document.split()]
+            if truncate:
+                d = d[: max(0, self.info.max_seq_length - len(q) - 1)]
+            ids.append([*q, *d, SEP])
+            types.append([0] * len(q) + [1] * (len(d) + 1))
+        return ids, types
+
+    def score_for(self, ids: TokenIds) -> float:
+        """A raw score from a pair's token ids alone."""
+        return float(self.vector_for(ids)[0])
+
+    def activate_scores(self, logits: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-logits))
 
     def sparse_for(self, ids: TokenIds) -> SparseVector:
         """Weights in [0, 1) from each id alone (some 0: dropped), the largest per id; CLS/SEP/PAD dropped."""

@@ -148,6 +148,8 @@ class TorchBackend(Backend):
             self.uses_roles = True
             limit = self._mv.max_seq_length
         dimension = st.get_embedding_dimension() if hasattr(st, "get_embedding_dimension") else None
+        if kind.name == "cross-encoder":
+            self._activation = st.activation_fn
         self.info = ModelInfo(
             dimension=int(dimension or 0),
             max_seq_length=int(limit),
@@ -161,6 +163,7 @@ class TorchBackend(Backend):
             tasks=kind.tasks,
             kind=kind.name,
             multivector_dimension=self._m3.colbert_dimension if self._m3 else self._mv.dimension if self._mv else None,
+            score_labels=int(config.num_labels) if kind.name == "cross-encoder" else None,
         )
         if dtype != "fp32":
             self._reduce_precision(dtype)
@@ -251,6 +254,25 @@ class TorchBackend(Backend):
                 feats["token_type_ids"] = torch.from_numpy(batch.token_type_ids).to(self.device)
         return feats
 
+    def tokenize_pairs(
+        self, pairs: Sequence[tuple[str, str]], *, truncate: bool
+    ) -> tuple[list[TokenIds], list[TokenIds] | None]:
+        """Pairs as the model's tokenizer joins them; cut to the model's length by cutting only the
+        document (a query longer than the model takes is cut as a last resort)."""
+        tokenizer = self._st.tokenizer
+        queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
+        options = {"truncation": "only_second", "max_length": self.info.max_seq_length} if truncate else {}
+        try:
+            encoded = tokenizer(queries, documents, **options)
+        except Exception:  # noqa: BLE001 - the query alone is over the length: cut both, longest first
+            encoded = tokenizer(queries, documents, truncation="longest_first", max_length=self.info.max_seq_length)
+        types = encoded.get("token_type_ids") if "token_type_ids" in self.model_input_names else None
+        return list(encoded["input_ids"]), list(types) if types is not None else None
+
+    def activate_scores(self, logits: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self._activation(torch.from_numpy(logits)).numpy()
+
     def tokenize_role(self, texts: Sequence[str], *, truncate: bool, role: str) -> list[TokenIds]:
         if self._mv is None:
             return self.tokenize(texts, truncate=truncate)
@@ -290,6 +312,8 @@ class TorchBackend(Backend):
             return Outputs(sparse=sparse_rows(self.pool(batch, hidden)))
         if self._mv is not None:
             return Outputs(multivector=self._mv.vectors(batch, hidden))
+        if self.kind.name == "cross-encoder":
+            return Outputs(scores=hidden["scores"].float().cpu().numpy())
         return model_outputs(self, batch, hidden, tasks, lambda: hidden["token_embeddings"].float().cpu().numpy())
 
 

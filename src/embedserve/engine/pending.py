@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from embedserve.backends.base import Outputs, TokenIds
+from embedserve.backends.base import ModelInfo, Outputs, TokenIds
 from embedserve.models.tasks import Task
 
 DENSE = frozenset({Task.EMBED})
-OUTPUT_FIELDS = {Task.EMBED: "dense", Task.SPARSE: "sparse", Task.MULTIVECTOR: "multivector"}
+OUTPUT_FIELDS = {Task.EMBED: "dense", Task.SPARSE: "sparse", Task.MULTIVECTOR: "multivector", Task.SCORE: "scores"}
 
 
 @dataclass(eq=False)
@@ -44,13 +44,17 @@ class PendingRequest:
             mine.sparse[index] = batch.sparse[row]
         if mine.multivector is not None:
             mine.multivector[index] = batch.multivector[row]
+        if mine.scores is not None:
+            mine.scores[index] = batch.scores[row]
 
 
-def empty_outputs(tasks: frozenset[Task], count: int, dimension: int) -> Outputs:
+def empty_outputs(tasks: frozenset[Task], count: int, info: ModelInfo) -> Outputs:
+    """Room for `count` inputs' outputs of the model described by `info`."""
     return Outputs(
-        dense=np.empty((count, dimension), dtype=np.float32) if Task.EMBED in tasks else None,
+        dense=np.empty((count, info.dimension), dtype=np.float32) if Task.EMBED in tasks else None,
         sparse=[None] * count if Task.SPARSE in tasks else None,
         multivector=[None] * count if Task.MULTIVECTOR in tasks else None,
+        scores=np.empty((count, info.score_labels or 1), dtype=np.float32) if Task.SCORE in tasks else None,
     )
 
 
@@ -70,6 +74,17 @@ class PendingInput:
     request: PendingRequest
     index: int
     ids: TokenIds
+    types: TokenIds | None = None  # segment ids of a (query, document) pair
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def check_outputs(outputs: Outputs, count: int, tasks: frozenset[Task]) -> None:
+    """A backend's answer for a batch of `count` inputs must hold every asked output, one per input."""
+    for task in tasks:
+        rows = getattr(outputs, OUTPUT_FIELDS[task])
+        if rows is None:
+            raise RuntimeError(f"backend computed no {task.value} output")
+        if len(rows) != count:
+            raise RuntimeError(f"backend returned {len(rows)} {OUTPUT_FIELDS[task]} outputs for {count} inputs")

@@ -11,6 +11,7 @@ they never see tensors or backends. The model pool is reached through `service.p
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,11 @@ from embedserve.settings import Settings
 INLINE_TOKENIZE_INPUTS = 8  # requests at most this small are tokenized on the event loop
 INLINE_TOKENIZE_CHARS = 2048
 
-_TASK_WORDS = {Task.EMBED: "dense embeddings", Task.SPARSE: "sparse embeddings", Task.MULTIVECTOR: "multi-vector embeddings"}
+_TASK_WORDS = {
+    Task.EMBED: "dense embeddings", Task.SPARSE: "sparse embeddings", Task.MULTIVECTOR: "multi-vector embeddings",
+    Task.SCORE: "scoring (rerank)",
+}
+SCORE = frozenset({Task.SCORE})
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,13 @@ class EncodeResult:
     dense: np.ndarray | None
     sparse: list[SparseVector] | None
     multivector: list[np.ndarray] | None
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    model: LoadedModel
+    scores: np.ndarray  # float32 [documents, labels]
     prompt_tokens: int
 
 
@@ -159,6 +171,33 @@ class EmbeddingService:
         if terms is not None and sparse is not None and (sparse.top_k is not None or sparse.min_weight is not None):
             terms = [processing.finish_sparse(v, top_k=sparse.top_k, min_weight=sparse.min_weight) for v in terms]
         return EncodeResult(model, dense, terms, outputs.multivector, tokens)
+
+    async def score(
+        self, name: str | None, query: str, documents: Sequence[str], *, raw: bool = False, truncate: bool | None = None
+    ) -> ScoreResult:
+        """How well each document answers `query`: a cross-encoder's score of each (query, document)
+        pair, after the model's own activation (a sigmoid for one label) unless `raw`."""
+        try:
+            processing.check_inputs([query], 1)
+        except InvalidInput as exc:
+            raise InvalidInput(exc.message.replace("input[0]", "query"), param="query") from None
+        processing.check_inputs(documents, self.settings.max_inputs)
+        model = await self.pool.get_or_load(name)
+        require_tasks(model, SCORE)
+        backend = model.worker.backend
+        truncate = self.settings.truncate if truncate is None else truncate
+        pairs = [(query, document) for document in documents]
+        with model.worker.admit() as admission:
+            if self._small(documents):
+                sequences, types = backend.tokenize_pairs(pairs, truncate=truncate)
+            else:
+                sequences, types = await asyncio.to_thread(backend.tokenize_pairs, pairs, truncate=truncate)
+            tokens = sum(len(s) for s in sequences)
+            self._check_tokens(tokens)
+            self._observer.tokens(model.id, tokens)
+            outputs = await model.worker.encode(sequences, admission, SCORE, types=types)
+        logits = outputs.scores
+        return ScoreResult(model, logits if raw else backend.activate_scores(logits), tokens)
 
     @staticmethod
     def _prompt(model: LoadedModel, name: str) -> str:

@@ -39,10 +39,10 @@ from embedserve.engine.batcher import plan_batches
 from embedserve.engine.deadlines import Deadlines
 from embedserve.engine.pending import (
     DENSE,
-    OUTPUT_FIELDS,
     Admission,
     PendingInput,
     PendingRequest,
+    check_outputs,
     empty_outputs,
     padded_tokens,
 )
@@ -188,6 +188,7 @@ class ModelWorker:
         admission: Admission | None = None,
         tasks: frozenset[Task] = DENSE,
         role: str | None = None,
+        types: Sequence[TokenIds] | None = None,
     ) -> Outputs:
         """The outputs in `tasks` for `sequences`, in order. Call inside `admit()`.
 
@@ -199,14 +200,17 @@ class ModelWorker:
             self._arriving -= 1
         loop = asyncio.get_running_loop()
         request = PendingRequest(
-            outputs=empty_outputs(tasks, len(sequences), self.backend.info.dimension),
+            outputs=empty_outputs(tasks, len(sequences), self.backend.info),
             tasks=tasks,
             future=loop.create_future(),
             remaining=len(sequences),
             role=role,
         )
         self._deadlines.track(request.future)
-        self._pool.extend(PendingInput(request, i, ids) for i, ids in enumerate(sequences))
+        if types is None:
+            self._pool.extend(PendingInput(request, i, ids) for i, ids in enumerate(sequences))
+        else:
+            self._pool.extend(PendingInput(request, i, ids, kinds) for i, (ids, kinds) in enumerate(zip(sequences, types, strict=True)))
         self._wake.set()
         return await request.future
 
@@ -334,7 +338,8 @@ class ModelWorker:
         tasks = next(iter(requests)).tasks if len(requests) == 1 else frozenset().union(*(r.tasks for r in requests))
         try:
             roles = [item.request.role for item in batch] if self.backend.uses_roles else None
-            outputs = await loop.run_in_executor(self._executor, self._infer, [i.ids for i in batch], tasks, roles)
+            types = [item.types for item in batch] if Task.SCORE in tasks else None
+            outputs = await loop.run_in_executor(self._executor, self._infer, [i.ids for i in batch], tasks, roles, types)
         except Exception as exc:  # noqa: BLE001 - a backend fault fails this batch only
             log.error("inference failed for model %s (batch of %d): %r", self.name, len(batch), exc)
             self._fail(batch, BackendFailure(f"inference failed for model '{self.name}': {exc}"))
@@ -354,14 +359,15 @@ class ModelWorker:
             if request.remaining == 0:
                 request.future.set_result(request.outputs)
 
-    def _infer(self, sequences: list[TokenIds], tasks: frozenset[Task], roles: list[str | None] | None = None) -> Outputs:
-        outputs = self.backend.encode(Batch.from_ids(sequences, pad_id=self.backend.pad_id, roles=roles), tasks)
-        for name, rows in (("dense", outputs.dense), ("sparse", outputs.sparse), ("multivector", outputs.multivector)):
-            if rows is not None and len(rows) != len(sequences):
-                raise RuntimeError(f"backend returned {len(rows)} {name} outputs for {len(sequences)} inputs")
-        for task in tasks:
-            if task in (Task.EMBED, Task.SPARSE, Task.MULTIVECTOR) and getattr(outputs, OUTPUT_FIELDS[task]) is None:
-                raise RuntimeError(f"backend computed no {task.value} output")
+    def _infer(
+        self, sequences: list[TokenIds], tasks: frozenset[Task], roles: list[str | None] | None = None,
+        types: list[TokenIds | None] | None = None,
+    ) -> Outputs:
+        if types is not None and any(t is None for t in types):
+            types = None  # a scorer's inputs all come as pairs; anything else has no segments
+        batch = Batch.from_ids(sequences, pad_id=self.backend.pad_id, type_ids=types, roles=roles)
+        outputs = self.backend.encode(batch, tasks)
+        check_outputs(outputs, len(sequences), tasks)
         return outputs
 
     def _fail_waiting(self, error: Exception) -> None:

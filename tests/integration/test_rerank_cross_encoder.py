@@ -1,0 +1,105 @@
+"""Cross-encoder reranking through the shared engine, against sentence-transformers' CrossEncoder.predict.
+
+Tiny random BERT cross-encoders (one label, three labels) are saved by transformers itself, loaded
+through the real loading code and served in-process; TEI's and Infinity's /rerank shapes must give
+`CrossEncoder.predict`'s scores (sigmoid, or raw logits with `raw_scores`) to 1e-5, best first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from embedserve.api.app import create_app
+from embedserve.settings import Settings
+from tests.conftest import wait_ready
+from tests.integration.test_model_kinds_tiny import convert
+from tests.support.tiny_models import build_bert_model, build_generic
+
+pytestmark = pytest.mark.integration
+
+QUERY = "what is the quick brown fox"
+DOCUMENTS = ["the quick brown fox jumps over the lazy dog", "a cat", "red car on the road", "the fox", "hello world"]
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rerank")
+    base = build_bert_model(root / "base", write_st_config=False, max_seq_length=24, max_position_embeddings=24)
+    one = convert(base, root / "acme--reranker", "AutoModelForSequenceClassification", num_labels=1)
+    three = convert(base, root / "acme--nli", "AutoModelForSequenceClassification", num_labels=3)
+    dense = build_generic(root)
+    settings = Settings(models=(str(one), str(three), str(dense)), device="cpu", threads=2, cache_dir=root / "cache",
+                        load_on_demand=False)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        yield client, {"one": one, "three": three, "dense": dense}
+
+
+def predict(folder, pairs, raw=False):
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(folder), device="cpu")
+    return model.predict(pairs, activation_fn=torch.nn.Identity() if raw else None)
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_tei_rerank_equals_cross_encoder_predict(served, raw):
+    client, folders = served
+    body = {"query": QUERY, "texts": DOCUMENTS, "raw_scores": raw, "return_text": True, "model": str(folders["one"])}
+    r = client.post("/rerank", json=body)
+    assert r.status_code == 200, r.text
+    ranks = r.json()
+    expected = predict(folders["one"], [(QUERY, d) for d in DOCUMENTS], raw=raw)
+    assert [rank["index"] for rank in ranks] == np.argsort(-expected, kind="stable").tolist()
+    for rank in ranks:
+        assert abs(rank["score"] - expected[rank["index"]]) <= TOLERANCE
+        assert rank["text"] == DOCUMENTS[rank["index"]]
+    if not raw:
+        assert all(0 < rank["score"] < 1 for rank in ranks)  # the model's sigmoid
+
+
+def test_infinity_rerank_with_top_n_and_documents(served):
+    client, folders = served
+    body = {"query": QUERY, "documents": DOCUMENTS, "top_n": 2, "return_documents": True, "model": str(folders["one"])}
+    r = client.post("/rerank", json=body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["object"] == "rerank" and answer["id"].startswith("rerank-") and answer["usage"]["total_tokens"] > 0
+    expected = predict(folders["one"], [(QUERY, d) for d in DOCUMENTS])
+    best = np.argsort(-expected, kind="stable")[:2].tolist()
+    assert [item["index"] for item in answer["results"]] == best
+    for item in answer["results"]:
+        assert abs(item["relevance_score"] - expected[item["index"]]) <= TOLERANCE
+        assert item["document"] == DOCUMENTS[item["index"]]
+
+
+def test_a_long_document_is_cut_never_the_query(served):
+    client, folders = served
+    model = client.app.state.service.pool.get(str(folders["one"]))
+    backend = model.worker.backend
+    long = " ".join(["river mountain city"] * 20)
+    (ids,), types = backend.tokenize_pairs([(QUERY, long)], truncate=True)
+    query_ids = backend.tokenize([QUERY], truncate=True)[0]
+    assert len(ids) == backend.info.max_seq_length == 24
+    assert ids[: len(query_ids)] == query_ids  # [CLS] query [SEP] intact, then the document's start
+    assert types[0][: len(query_ids)] == [0] * len(query_ids) and set(types[0][len(query_ids):]) == {1}
+    r = client.post("/rerank", json={"query": QUERY, "texts": [long, "a cat"], "model": str(folders["one"])})
+    assert r.status_code == 200
+
+
+def test_refusals(served):
+    client, folders = served
+    r = client.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "model": str(folders["dense"])})
+    assert r.status_code == 400 and "does not do scoring (rerank): its tasks are embed" in r.json()["error"]["message"]
+    r = client.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "model": str(folders["three"])})
+    assert r.status_code == 400 and "scores 3 labels" in r.json()["error"]["message"]
+    r = client.post("/rerank", json={"query": QUERY, "candidates": DOCUMENTS})
+    assert r.status_code == 422 and "'texts'" in r.json()["error"]["message"] and "'documents'" in r.json()["error"]["message"]
+    r = client.post("/rerank", json={"query": QUERY, "documents": DOCUMENTS, "top_n": 9, "model": str(folders["one"])})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "top_n"
+    r = client.post("/rerank", json={"query": QUERY, "texts": ["ok", ""], "model": str(folders["one"])})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "texts[1]"
