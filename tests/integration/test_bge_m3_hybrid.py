@@ -234,3 +234,13 @@ def test_a_bge_m3_under_models_dir_is_served_by_name(folder, flag, tmp_path):
         assert np.allclose(item["dense"], ref["dense_vecs"][i], atol=TOLERANCE)
         assert item["sparse"]["indices"] == sorted(int(k) for k in ref["lexical_weights"][i])
         assert np.allclose(item["multivector"], ref["colbert_vecs"][i], atol=TOLERANCE)
+
+
+def test_the_embedding_service_rerank_scores_by_colbert_maxsim(m3_server, flag):
+    """As that service did: FlagEmbedding's colbert_score, the mean over query vectors of the best match."""
+    body = {"query": TEXTS[3], "candidates": TEXTS, "batch_size": 12}
+    r = httpx.post(m3_server.url + "/rerank", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    q = flag_encode(flag, [TEXTS[3]])["colbert_vecs"][0]
+    expected = [float(flag.colbert_score(q, d)) for d in flag_encode(flag, TEXTS)["colbert_vecs"]]
+    assert np.allclose(r.json()["scores"], expected, atol=TOLERANCE)

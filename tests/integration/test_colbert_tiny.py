@@ -142,3 +142,15 @@ def test_the_onnx_backend_serves_it_within_its_guard(served, tmp_path, dtype):
         else:
             cosines = np.concatenate([(np.asarray(a) * b).sum(axis=1) for a, b in zip(vectors, expected, strict=True)])
             assert cosines.mean() >= fidelity["outputs"]["multivector_mean_cosine"] - 0.05
+
+
+def test_rerank_scores_by_maxsim(served):
+    """The query encoded once as a query, each candidate as a document: the sum over the query's
+    vectors of its best dot product (the model's `maxsim`), against numpy on the library's vectors."""
+    client, folders = served
+    folder = folders["fixed"]
+    r = client.post("/rerank", json={"model": str(folder), "query": TEXTS[1], "candidates": TEXTS})
+    assert r.status_code == 200, r.text
+    q = reference(folder, [TEXTS[1]], "query")[0]
+    expected = [float((q @ d.T).max(axis=1).sum()) if len(d) else 0.0 for d in reference(folder, TEXTS, "document")]
+    assert np.allclose(r.json()["scores"], expected, atol=1e-4)

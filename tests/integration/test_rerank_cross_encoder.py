@@ -1,8 +1,9 @@
-"""Cross-encoder reranking through the shared engine, against sentence-transformers' CrossEncoder.predict.
+"""Reranking through the shared engine: cross-encoders against CrossEncoder.predict, dense models by cosine.
 
 Tiny random BERT cross-encoders (one label, three labels) are saved by transformers itself, loaded
 through the real loading code and served in-process; TEI's and Infinity's /rerank shapes must give
-`CrossEncoder.predict`'s scores (sigmoid, or raw logits with `raw_scores`) to 1e-5, best first.
+`CrossEncoder.predict`'s scores (sigmoid, or raw logits with `raw_scores`) to 1e-5, best first. A
+dense embedder reranks by the cosine of sentence-transformers' own vectors (a numpy reference).
 """
 
 from __future__ import annotations
@@ -91,15 +92,28 @@ def test_a_long_document_is_cut_never_the_query(served):
     assert r.status_code == 200
 
 
+def test_a_dense_model_reranks_by_cosine(served):
+    from sentence_transformers import SentenceTransformer
+
+    client, folders = served
+    r = client.post("/rerank", json={"query": QUERY, "candidates": DOCUMENTS, "batch_size": 12, "model": str(folders["dense"])})
+    assert r.status_code == 200, r.text
+    model = SentenceTransformer(str(folders["dense"]), device="cpu")
+    q, d = model.encode([QUERY]), model.encode(DOCUMENTS)
+    q, d = q / np.linalg.norm(q, axis=1, keepdims=True), d / np.linalg.norm(d, axis=1, keepdims=True)
+    assert np.allclose(r.json()["scores"], d @ q[0], atol=TOLERANCE)  # in the candidates' order
+
+
 def test_refusals(served):
     client, folders = served
-    r = client.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "model": str(folders["dense"])})
-    assert r.status_code == 400 and "does not do scoring (rerank): its tasks are embed" in r.json()["error"]["message"]
     r = client.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "model": str(folders["three"])})
     assert r.status_code == 400 and "scores 3 labels" in r.json()["error"]["message"]
-    r = client.post("/rerank", json={"query": QUERY, "candidates": DOCUMENTS})
-    assert r.status_code == 422 and "'texts'" in r.json()["error"]["message"] and "'documents'" in r.json()["error"]["message"]
+    r = client.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "documents": DOCUMENTS})
+    message = r.json()["error"]["message"]
+    assert r.status_code == 422 and all(f"'{key}'" in message for key in ("candidates", "texts", "documents"))
     r = client.post("/rerank", json={"query": QUERY, "documents": DOCUMENTS, "top_n": 9, "model": str(folders["one"])})
     assert r.status_code == 422 and r.json()["error"]["param"] == "top_n"
     r = client.post("/rerank", json={"query": QUERY, "texts": ["ok", ""], "model": str(folders["one"])})
     assert r.status_code == 422 and r.json()["error"]["param"] == "texts[1]"
+    r = client.post("/rerank", json={"query": "", "texts": ["ok"], "model": str(folders["one"])})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "query"

@@ -128,3 +128,20 @@ def test_bad_inputs_never_500(server):
         r = httpx.post(server.url + "/v1/embeddings", content=body, headers={"content-type": "application/json"})
         assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
         assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_the_embedding_service_rerank_ranks_the_relevant_candidate_first(server):
+    """Its README's request, on the real default model (cosine of the query's and candidates' vectors)."""
+    body = {
+        "query": "What is hybrid search?",
+        "candidates": [
+            "Hybrid search combines dense and sparse vectors.",
+            "ColBERT uses late interaction for better precision.",
+            "Unrelated text about cooking.",
+        ],
+        "batch_size": 12,
+    }
+    r = httpx.post(server.url + "/rerank", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    scores = r.json()["scores"]
+    assert len(scores) == 3 and scores[0] == max(scores) and scores[0] > scores[2]

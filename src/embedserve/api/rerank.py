@@ -1,15 +1,16 @@
 """POST /rerank in the shapes its clients send, told apart by the body's keys.
 
+- The Embedding Service: `{"query", "candidates", "batch_size"}` -> `{"scores": [...]}` in the
+  candidates' order (`batch_size` is accepted and ignored: the engine batches).
 - Text Embeddings Inference: `{"query", "texts", "raw_scores", "return_text", "truncate",
   "truncation_direction"}` -> `[{"index", "score", "text"?}]`, best first.
 - Infinity: `{"query", "documents", "top_n", "return_documents", "raw_scores", "model"}` ->
   `{"object": "rerank", "results": [{"index", "relevance_score", "document"?}], "model", "usage",
   "id", "created"}`, best first, `document` a plain string.
 
-Scores come from a cross-encoder (a model with the `score` task): each (query, document) pair is
-one input of the engine's batches, shared with every other request's. A model that can't score
-is answered 400 naming its tasks. A body with neither `texts` nor `documents` is a 422 that says
-which keys each shape takes.
+Any model that can score answers (engine/ranking.py): a cross-encoder by its scores, a ColBERT or
+BGE-M3 model by MaxSim, a dense embedder by cosine; one that can't is answered 400 naming its
+tasks. A body that is none of the shapes is a 422 that says which keys each shape takes.
 """
 
 from __future__ import annotations
@@ -25,13 +26,18 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr, field_v
 from embedserve.api.compat import Text, relabel, service, validate_body
 from embedserve.api.responses import OrjsonResponse
 from embedserve.api.routing import LOADS, Scope, declare
-from embedserve.errors import BadRequest, InvalidInput
+from embedserve.engine.ranking import Relevance, relevance
+from embedserve.errors import InvalidInput
 from embedserve.models.tasks import Task
 
 router = APIRouter(tags=["Rerank"])
 
-SHAPES = "Text Embeddings Inference's takes 'query' and 'texts'; Infinity's takes 'query' and 'documents'"
+SHAPES = (
+    "the Embedding Service's takes 'query' and 'candidates'; Text Embeddings Inference's 'query' and 'texts'; "
+    "Infinity's 'query' and 'documents'"
+)
 _EXAMPLES = {
+    "embedding-service": {"summary": "Embedding Service", "value": {"query": "What is hybrid search?", "candidates": ["Hybrid search combines dense and sparse vectors.", "Unrelated text about cooking."]}},
     "tei": {"summary": "Text Embeddings Inference", "value": {"query": "What is Deep Learning?", "texts": ["Deep Learning is not...", "Deep learning is..."]}},
     "infinity": {"summary": "Infinity", "value": {"query": "Where is Munich?", "documents": ["Munich is in Germany.", "The sky is blue."], "top_n": 1, "return_documents": True}},
 }
@@ -54,6 +60,14 @@ class TeiRerank(BaseModel):
         return value
 
 
+class CandidatesRerank(BaseModel):
+    query: Text
+    candidates: list[Text] = Field(min_length=1)
+    batch_size: StrictInt | None = Field(None, gt=0, description="Accepted and ignored: the engine batches.")
+    model: StrictStr | None = None
+    raw_scores: StrictBool = False
+
+
 class InfinityRerank(BaseModel):
     query: Text
     documents: list[Text] = Field(min_length=1)
@@ -63,28 +77,28 @@ class InfinityRerank(BaseModel):
     model: StrictStr | None = None
 
 
-async def _scores(request: Request, body, documents: list[str], field: str) -> tuple[Any, np.ndarray]:
+async def _scores(request: Request, body, documents: list[str], field: str) -> tuple[Relevance, np.ndarray]:
     try:
-        result = await service(request).score(
-            body.model, body.query, documents, raw=body.raw_scores, truncate=getattr(body, "truncate", None)
+        result = await relevance(
+            service(request), body.model, body.query, documents, raw=body.raw_scores, truncate=getattr(body, "truncate", None)
         )
     except InvalidInput as exc:
         raise relabel(exc, field) from None
-    if result.scores.shape[1] != 1:
-        raise BadRequest(
-            f"model '{result.model.id}' scores {result.scores.shape[1]} labels; reranking needs a one-score cross-encoder",
-            param="model",
-        )
-    return result, result.scores[:, 0]
+    return result, result.scores
 
 
 @router.post(
     "/rerank",
-    summary="Rerank documents for a query (Text Embeddings Inference or Infinity shape)",
-    **declare(Scope.EMBED, *LOADS, body=True, tasks=(Task.SCORE,)),
+    summary="Rerank documents for a query (Embedding Service, Text Embeddings Inference or Infinity shape)",
+    **declare(Scope.EMBED, *LOADS, body=True, tasks=(Task.SCORE, Task.MULTIVECTOR, Task.EMBED)),
 )
 async def rerank(request: Request, body: Annotated[dict[str, Any], Body(openapi_examples=_EXAMPLES)]) -> Any:
-    if "texts" in body and "documents" not in body:
+    shapes = [key for key in ("candidates", "texts", "documents") if key in body]
+    if shapes == ["candidates"]:
+        asked = validate_body(CandidatesRerank, body)
+        _, scores = await _scores(request, asked, asked.candidates, "candidates")
+        return OrjsonResponse({"scores": scores})
+    if shapes == ["texts"]:
         tei = validate_body(TeiRerank, body)
         _, scores = await _scores(request, tei, tei.texts, "texts")
         order = np.argsort(-scores, kind="stable")
@@ -93,7 +107,7 @@ async def rerank(request: Request, body: Annotated[dict[str, Any], Body(openapi_
             for rank in ranks:
                 rank["text"] = tei.texts[rank["index"]]
         return OrjsonResponse(ranks)
-    if "documents" in body and "texts" not in body:
+    if shapes == ["documents"]:
         inf = validate_body(InfinityRerank, body)
         if inf.top_n is not None and inf.top_n > len(inf.documents):
             raise InvalidInput(f"top_n is {inf.top_n}, more than the {len(inf.documents)} documents", param="top_n")

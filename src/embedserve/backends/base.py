@@ -101,6 +101,7 @@ class ModelInfo:
     kind: str = "sentence-transformer"  # models/tasks.py ModelKind.name
     multivector_dimension: int | None = None
     score_labels: int | None = None  # a cross-encoder's scores per pair
+    multivector_similarity: str | None = None  # "maxsim" (sum over query vectors) or "meanmaxsim" (their mean)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class FakeBackend(Backend):
             kind="fake",
             multivector_dimension=multivector_dimension if Task.MULTIVECTOR in tasks else None,
             score_labels=1 if Task.SCORE in tasks else None,
+            multivector_similarity="maxsim" if Task.MULTIVECTOR in tasks else None,
         )
         self.pad_id = PAD
         self.batch_tasks: list[frozenset[Task]] = []  # the tasks every batch computed, in order

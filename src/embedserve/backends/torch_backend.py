@@ -98,6 +98,16 @@ def _pooling_name(module: torch.nn.Module) -> str:
     return type(module).__name__.lower()
 
 
+def _multivector_similarity(kind: ModelKind, st) -> str | None:
+    """How the model scores a query's vectors against a document's: BGE-M3 averages the best
+    matches (FlagEmbedding's colbert_score); a MultiVectorEncoder says which in its config."""
+    if Task.MULTIVECTOR not in kind.tasks:
+        return None
+    if kind.name == "bge-m3":
+        return "meanmaxsim"
+    return str(getattr(st, "similarity_fn_name", None) or "maxsim")
+
+
 def _loader(kind: ModelKind):
     import sentence_transformers as st
 
@@ -164,6 +174,7 @@ class TorchBackend(Backend):
             kind=kind.name,
             multivector_dimension=self._m3.colbert_dimension if self._m3 else self._mv.dimension if self._mv else None,
             score_labels=int(config.num_labels) if kind.name == "cross-encoder" else None,
+            multivector_similarity=_multivector_similarity(kind, st),
         )
         if dtype != "fp32":
             self._reduce_precision(dtype)

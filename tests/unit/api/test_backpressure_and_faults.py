@@ -72,7 +72,9 @@ def test_concurrent_callers_each_get_their_own_vectors(make_client):
 
 
 def test_full_queue_answers_429_at_once(make_client):
-    delay = 0.3
+    # A batch long enough that "answered before the batch ended" can't be confused with scheduling
+    # delay: on CI's 2 cores a 429 once took 0.25 s to come back through TestClient's threads.
+    delay = 1.0
     client = make_client(backend=FakeBackend(delay=delay), max_queue=2)
     bodies = [{"input": [i + 3]} for i in range(6)]
     results = concurrently(client, bodies)
@@ -82,8 +84,10 @@ def test_full_queue_answers_429_at_once(make_client):
     assert statuses.count(429) >= 1, statuses
     assert statuses.count(200) >= 2, statuses  # the first two admitted always finish
 
+    first_batch_done = min(seconds for r, seconds in results if r.status_code == 200)
     for r, seconds in results:
         if r.status_code == 429:
+            assert seconds < first_batch_done, "a 429 came back after the batch it was refused for ended"
             error = assert_openai_error(r, 429, type_="rate_limit_error", code="queue_full")
             assert "max 2" in error["message"] and "retry" in error["message"]
             assert int(r.headers["retry-after"]) >= 1
