@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, StrictStr, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, StrictStr, StringConstraints, ValidationError
 
 from embedserve.engine.service import EmbeddingService, EmbedResult, EncodeResult
 from embedserve.errors import InvalidInput
@@ -23,6 +23,16 @@ from embedserve.models.tasks import Task
 
 # A text to embed: a JSON string (no coercion from numbers or booleans), never empty.
 Text = Annotated[StrictStr, StringConstraints(min_length=1)]
+
+
+def _right_only(value: str) -> str:
+    if value.lower() != "right":
+        raise ValueError("only 'Right' truncation is served here")
+    return value
+
+
+# TEI's `truncation_direction`: accepted as TEI spells it; only the right end is ever cut here.
+TruncationDirection = Annotated[Literal["Right", "Left", "right", "left"], AfterValidator(_right_only)]
 
 _ITEM = re.compile(r"input\[(\d+)\]")
 

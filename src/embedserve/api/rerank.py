@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Body, Request
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
-from embedserve.api.compat import Text, relabel, service, validate_body
+from embedserve.api.compat import Text, TruncationDirection, relabel, service, validate_body
 from embedserve.api.responses import OrjsonResponse
 from embedserve.api.routing import LOADS, Scope, declare
 from embedserve.engine.ranking import Relevance, relevance
@@ -49,15 +49,8 @@ class TeiRerank(BaseModel):
     raw_scores: StrictBool = False
     return_text: StrictBool = False
     truncate: StrictBool | None = None
-    truncation_direction: Literal["Right", "Left", "right", "left"] = "Right"
+    truncation_direction: TruncationDirection = "Right"
     model: StrictStr | None = None  # an embedserve extension: which loaded model scores
-
-    @field_validator("truncation_direction")
-    @classmethod
-    def _right_only(cls, value: str) -> str:
-        if value.lower() != "right":
-            raise ValueError("only 'Right' truncation is served here")
-        return value
 
 
 class CandidatesRerank(BaseModel):
@@ -123,4 +116,4 @@ async def rerank(request: Request, body: Annotated[dict[str, Any], Body(openapi_
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             "id": f"rerank-{uuid.uuid4().hex}", "created": int(time.time()),
         })
-    raise InvalidInput(f"a rerank body is one of two shapes: {SHAPES}", param=None)
+    raise InvalidInput(f"a rerank body is one of three shapes: {SHAPES}", param=None)

@@ -14,12 +14,12 @@ other end.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field, StrictBool, StrictStr, field_validator
+from pydantic import BaseModel, Field, StrictBool, StrictStr
 
-from embedserve.api.compat import Text, encode_texts
+from embedserve.api.compat import Text, TruncationDirection, encode_texts
 from embedserve.api.responses import OrjsonResponse
 from embedserve.api.routing import LOADS, Scope, declare
 from embedserve.models.tasks import Task
@@ -33,18 +33,9 @@ MULTIVECTOR = frozenset({Task.MULTIVECTOR})
 class TeiRequest(BaseModel):
     inputs: Text | list[Text] = Field(description="A text, or a list of texts.")
     truncate: StrictBool | None = Field(None, description="Cut inputs longer than the model takes; absent: --truncate.")
-    truncation_direction: Literal["Right", "Left", "right", "left"] = Field(
-        "Right", description="Which end to cut. Only `Right` is served."
-    )
+    truncation_direction: TruncationDirection = Field("Right", description="Which end to cut. Only `Right` is served.")
     prompt_name: StrictStr | None = Field(None, description="A prompt of the model's own `prompts`, put before each input.")
     model: str | None = Field(None, description="Model id or alias (an embedserve extension); the default model when omitted.")
-
-    @field_validator("truncation_direction")
-    @classmethod
-    def _right_only(cls, value: str) -> str:
-        if value.lower() != "right":
-            raise ValueError("only 'Right' truncation is served here")
-        return value
 
     def texts(self) -> list[str]:
         return [self.inputs] if isinstance(self.inputs, str) else self.inputs
