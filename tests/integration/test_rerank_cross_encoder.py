@@ -117,3 +117,34 @@ def test_refusals(served):
     assert r.status_code == 422 and r.json()["error"]["param"] == "texts[1]"
     r = client.post("/rerank", json={"query": "", "texts": ["ok"], "model": str(folders["one"])})
     assert r.status_code == 422 and r.json()["error"]["param"] == "query"
+
+
+def test_jina_and_cohere_v1_rerank(served):
+    client, folders = served
+    documents = [DOCUMENTS[0], {"text": DOCUMENTS[1]}, DOCUMENTS[2]]
+    body = {"model": str(folders["one"]), "query": QUERY, "documents": documents, "top_n": 2}
+    r = client.post("/v1/rerank", json=body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    expected = predict(folders["one"], [(QUERY, d) for d in DOCUMENTS[:3]])
+    assert [item["index"] for item in answer["results"]] == np.argsort(-expected, kind="stable")[:2].tolist()
+    for item in answer["results"]:
+        assert abs(item["relevance_score"] - expected[item["index"]]) <= TOLERANCE
+        assert item["document"] == {"text": DOCUMENTS[item["index"]]}  # Jina's default: documents returned
+    assert answer["usage"]["total_tokens"] > 0 and answer["model"] == str(folders["one"])
+    bare = client.post("/v1/rerank", json={**body, "return_documents": False}).json()
+    assert all("document" not in item for item in bare["results"])
+
+
+def test_cohere_v2_rerank(served):
+    client, folders = served
+    body = {"model": str(folders["one"]), "query": QUERY, "documents": DOCUMENTS, "max_tokens_per_doc": 4096}
+    r = client.post("/v2/rerank", json=body)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert set(answer) == {"id", "results", "meta"} and answer["meta"]["api_version"] == {"version": "2"}
+    expected = predict(folders["one"], [(QUERY, d) for d in DOCUMENTS])
+    assert [item["index"] for item in answer["results"]] == np.argsort(-expected, kind="stable").tolist()
+    assert all(set(item) == {"index", "relevance_score"} for item in answer["results"])
+    r = client.post("/v2/rerank", json={**body, "top_n": 0})
+    assert r.status_code == 422 and r.json()["error"]["param"] == "top_n"

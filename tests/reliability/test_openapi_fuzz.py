@@ -250,6 +250,9 @@ SUCCESS = [  # (operation, request), in order: OTHER is loaded before it is unlo
     ("POST /v1/encodings", {"body": {"input": "hello", "outputs": ["sparse"], "sparse": {"min_weight": 0.2}}}),
     ("POST /rerank", {"body": {"query": "hello", "texts": ["hello world", "cat"], "return_text": True}}),
     ("POST /rerank", {"body": {"query": "hello", "documents": ["hello world", "cat"], "top_n": 1}}),
+    ("POST /rerank", {"body": {"query": "hello", "candidates": ["hello world", "cat"]}}),
+    ("POST /v1/rerank", {"body": {"query": "hello", "documents": ["hello world", {"text": "cat"}], "top_n": 1}}),
+    ("POST /v2/rerank", {"body": {"query": "hello", "documents": ["hello world", "cat"], "max_tokens_per_doc": 64}}),
 ]
 
 
@@ -318,6 +321,8 @@ CAN_ANSWER: dict[str, set[int]] = {
     "POST /embed_all": EMBEDS | {400, 404, 424, 504, 507},
     "POST /v1/encodings": EMBEDS | {400, 404, 424, 504, 507},
     "POST /rerank": EMBEDS | {400, 404, 424, 504, 507},
+    "POST /v1/rerank": EMBEDS | {400, 404, 424, 504, 507},
+    "POST /v2/rerank": EMBEDS | {400, 404, 424, 504, 507},
 }
 ERROR_REF = "#/components/schemas/ErrorResponse"
 

@@ -94,19 +94,16 @@ async def rerank(request: Request, body: Annotated[dict[str, Any], Body(openapi_
     if shapes == ["texts"]:
         tei = validate_body(TeiRerank, body)
         _, scores = await _scores(request, tei, tei.texts, "texts")
-        order = np.argsort(-scores, kind="stable")
-        ranks = [{"index": int(i), "score": float(scores[i])} for i in order]
+        ranks = [{"index": int(i), "score": float(scores[i])} for i in _best(scores, None)]
         if tei.return_text:
             for rank in ranks:
                 rank["text"] = tei.texts[rank["index"]]
         return OrjsonResponse(ranks)
     if shapes == ["documents"]:
         inf = validate_body(InfinityRerank, body)
-        if inf.top_n is not None and inf.top_n > len(inf.documents):
-            raise InvalidInput(f"top_n is {inf.top_n}, more than the {len(inf.documents)} documents", param="top_n")
+        _check_top_n(inf.top_n, len(inf.documents))
         result, scores = await _scores(request, inf, inf.documents, "documents")
-        order = np.argsort(-scores, kind="stable")[: inf.top_n]
-        results = [{"index": int(i), "relevance_score": float(scores[i])} for i in order]
+        results = [{"index": int(i), "relevance_score": float(scores[i])} for i in _best(scores, inf.top_n)]
         if inf.return_documents:
             for item in results:
                 item["document"] = inf.documents[item["index"]]
@@ -117,3 +114,75 @@ async def rerank(request: Request, body: Annotated[dict[str, Any], Body(openapi_
             "id": f"rerank-{uuid.uuid4().hex}", "created": int(time.time()),
         })
     raise InvalidInput(f"a rerank body is one of three shapes: {SHAPES}", param=None)
+
+
+class TextDocument(BaseModel):
+    text: Text
+
+
+class JinaRerank(BaseModel):
+    query: Text
+    documents: list[Text | TextDocument] = Field(min_length=1)
+    top_n: StrictInt | None = Field(None, gt=0)
+    return_documents: StrictBool = Field(True, description="Jina's default; Cohere v1 clients that want none send false.")
+    model: StrictStr | None = None
+    raw_scores: StrictBool = False
+
+    def texts(self) -> list[str]:
+        return [d if isinstance(d, str) else d.text for d in self.documents]
+
+
+class CohereV2Rerank(BaseModel):
+    query: Text
+    documents: list[Text] = Field(min_length=1)
+    top_n: StrictInt | None = Field(None, gt=0)
+    max_tokens_per_doc: StrictInt | None = Field(
+        None, gt=0, description="Accepted; documents are cut where the model's maximum length cuts them."
+    )
+    priority: StrictInt | None = Field(None, description="Accepted and ignored.")
+    model: StrictStr | None = None
+    raw_scores: StrictBool = False
+
+
+def _check_top_n(top_n: int | None, count: int) -> None:
+    """Refused before any work: more results asked than there are documents."""
+    if top_n is not None and top_n > count:
+        raise InvalidInput(f"top_n is {top_n}, more than the {count} documents", param="top_n")
+
+
+def _best(scores: np.ndarray, top_n: int | None) -> np.ndarray:
+    """Document indices, highest score first (ties in input order), at most `top_n`."""
+    return np.argsort(-scores, kind="stable")[:top_n]
+
+
+@router.post(
+    "/v1/rerank",
+    summary="Rerank documents for a query (Jina and Cohere v1 shape)",
+    **declare(Scope.EMBED, *LOADS, body=True, tasks=(Task.SCORE, Task.MULTIVECTOR, Task.EMBED)),
+)
+async def rerank_v1(body: JinaRerank, request: Request) -> Any:
+    texts = body.texts()
+    _check_top_n(body.top_n, len(texts))
+    result, scores = await _scores(request, body, texts, "documents")
+    results = [{"index": int(i), "relevance_score": float(scores[i])} for i in _best(scores, body.top_n)]
+    if body.return_documents:
+        for item in results:
+            item["document"] = {"text": texts[item["index"]]}
+    tokens = result.prompt_tokens
+    return OrjsonResponse({
+        "id": str(uuid.uuid4()), "model": body.model or result.model.id, "results": results,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    })
+
+
+@router.post(
+    "/v2/rerank",
+    summary="Rerank documents for a query (Cohere v2 shape)",
+    **declare(Scope.EMBED, *LOADS, body=True, tasks=(Task.SCORE, Task.MULTIVECTOR, Task.EMBED)),
+)
+async def rerank_v2(body: CohereV2Rerank, request: Request) -> Any:
+    _check_top_n(body.top_n, len(body.documents))
+    _, scores = await _scores(request, body, body.documents, "documents")
+    results = [{"index": int(i), "relevance_score": float(scores[i])} for i in _best(scores, body.top_n)]
+    meta = {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
+    return OrjsonResponse({"id": str(uuid.uuid4()), "results": results, "meta": meta})
