@@ -26,7 +26,7 @@ from embedserve.api.ops import DOCS_URL, OPENAPI_URL, REDOC_URL
 from embedserve.api.responses import OrjsonResponse
 from embedserve.api.routing import DENSE_TASK, LOADING, LOADS, Scope, declare
 from embedserve.engine.model_pool import LoadedModel
-from embedserve.models.tasks import Task
+from embedserve.models.tasks import task_names
 from embedserve.errors import ModelNotFound
 
 router = APIRouter(tags=["Embeddings Generator"])
@@ -134,7 +134,7 @@ def describe(model: LoadedModel) -> dict[str, Any]:
         "aliases": sorted(model.aliases),
         "source": model.source,
         "kind": info.kind,
-        "tasks": [task.value for task in Task if task in info.tasks],
+        "tasks": task_names(info.tasks),
         "dimensions": info.dimension,
         "multivector_dimensions": info.multivector_dimension,
         "max_seq_length": info.max_seq_length,

@@ -24,7 +24,7 @@ from embedserve.api.routing import DENSE_TASK, LOADS, Scope, declare
 from embedserve.engine.model_pool import LoadedModel
 from embedserve.engine.service import EmbeddingService
 from embedserve.models.families import InputType as InputKind
-from embedserve.models.tasks import Task
+from embedserve.models.tasks import task_names
 
 router = APIRouter(tags=["OpenAI"])
 
@@ -146,7 +146,7 @@ async def embeddings_payload(embedder: EmbeddingService, body: EmbeddingRequest)
 
 def model_card(model: LoadedModel) -> dict:
     """OpenAI's model object, plus the model's tasks (embed, sparse, multivector, score)."""
-    tasks = [task.value for task in Task if task in model.info.tasks]
+    tasks = task_names(model.info.tasks)
     return {"id": model.id, "object": "model", "created": int(model.loaded_at), "owned_by": "embedserve", "tasks": tasks}
 
 

@@ -126,18 +126,9 @@ def _build_exact(kind: ModelKind, backend: str, dtype: str, settings: Settings, 
     explicit_backend = settings.backend != "auto"
     if explicit_backend and backend != "torch":
         raise ModelLoadError(f"{kind.name} models run on --backend torch (the ONNX backend serves {', '.join(ONNX_KINDS)})")
-    if settings.dtype == "auto":
-        dtype = "fp32"
-    elif dtype != "fp32":
+    if settings.dtype != "auto" and dtype != "fp32":
         raise ModelLoadError(f"{kind.name} models run in fp32 so far, not {dtype}")
-    backend_obj = TorchBackend(path, device=device, threads=intra_op_threads(settings), dtype=dtype, kind=kind)
-    fidelity = backend_obj.info.fidelity
-    if fidelity is not None and fidelity.lowest_mean_cosine < settings.min_fidelity:
-        raise FidelityTooLow(
-            f"refusing {path}: {fidelity.mode} keeps a mean cosine of {fidelity.mean_cosine:.6f} to {fidelity.reference}"
-            f"{_other_outputs(fidelity)}, below --min-fidelity {settings.min_fidelity}"
-        )
-    return backend_obj
+    return TorchBackend(path, device=device, threads=intra_op_threads(settings), dtype="fp32", kind=kind)
 
 
 def _other_outputs(fidelity) -> str:

@@ -17,6 +17,7 @@ from importlib import resources
 import numpy as np
 
 from embedserve.backends.base import Batch, Fidelity, Outputs, SparseVector, TokenIds
+from embedserve.engine.scoring import maxsim
 from embedserve.models.tasks import Task
 
 TOP_TERMS = 10
@@ -101,12 +102,8 @@ def compare_outputs(fast: Outputs, ref: Outputs) -> dict[str, float]:
         measured["multivector_min_cosine"] = float(token_cosines.min())
         pairs = list(zip(range(len(ref.multivector)), range(1, len(ref.multivector)), strict=False))
         moved = [
-            abs(_maxsim(fast.multivector[i], fast.multivector[j]) - _maxsim(ref.multivector[i], ref.multivector[j]))
+            abs(maxsim(fast.multivector[i], fast.multivector[j], mean=True) - maxsim(ref.multivector[i], ref.multivector[j], mean=True))
             for i, j in pairs
         ]
         measured["maxsim_max_abs_error"] = float(max(moved)) if moved else 0.0
     return measured
-
-
-def _maxsim(query: np.ndarray, document: np.ndarray) -> float:
-    return float((query @ document.T).max(axis=1).mean()) if len(query) and len(document) else 0.0

@@ -39,6 +39,14 @@ def check_inputs(inputs: Inputs, max_inputs: int) -> None:
                 ) from None
 
 
+def check_query(query: str) -> None:
+    """A rerank query is one text: the same checks as any input, naming `query`."""
+    try:
+        check_inputs([query], 1)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message.replace("input[0]", "query"), param="query") from None
+
+
 def tokenize_inputs(
     backend: Backend, model_id: str, inputs: Inputs, *, prefix: str = "", truncate: bool = True, role: str | None = None
 ) -> list[TokenIds]:

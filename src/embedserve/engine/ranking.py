@@ -21,12 +21,13 @@ import numpy as np
 
 from embedserve.engine import processing
 from embedserve.engine.model_pool import LoadedModel
-from embedserve.engine.scoring import maxsim_mean
-from embedserve.errors import BadRequest, InvalidInput, WrongTask
+from embedserve.engine.pending import DENSE
+from embedserve.engine.scoring import maxsim
+from embedserve.engine.service import SCORE, require_tasks
+from embedserve.errors import BadRequest
 from embedserve.models.tasks import Task
 
 MULTIVECTOR = frozenset({Task.MULTIVECTOR})
-DENSE = frozenset({Task.EMBED})
 
 
 @dataclass(frozen=True)
@@ -37,45 +38,31 @@ class Relevance:
     method: str  # "cross-encoder" | "maxsim" | "meanmaxsim" | "cosine"
 
 
-def maxsim(query: np.ndarray, document: np.ndarray, *, mean: bool) -> float:
-    """Each query vector's best dot product with a document vector, summed (or averaged)."""
-    if mean:
-        return maxsim_mean(query, document)
-    if len(query) == 0 or len(document) == 0:
-        return 0.0
-    return float((query @ document.T).max(axis=1).sum())
-
-
 async def relevance(
     service, name: str | None, query: str, documents: Sequence[str], *, raw: bool = False, truncate: bool | None = None
 ) -> Relevance:
-    try:
-        processing.check_inputs([query], 1)
-    except InvalidInput as exc:
-        raise InvalidInput(exc.message.replace("input[0]", "query"), param="query") from None
+    processing.check_query(query)
     model = await service.pool.get_or_load(name)
     tasks = model.info.tasks
     if Task.SCORE in tasks:
+        labels = model.info.score_labels or 1
+        if labels != 1:  # refused before any pair is scored
+            raise BadRequest(f"model '{model.id}' scores {labels} labels; ranking needs a one-score cross-encoder", param="model")
         result = await service.score(model.id, query, documents, raw=raw, truncate=truncate)
-        if result.scores.shape[1] != 1:
-            raise BadRequest(
-                f"model '{model.id}' scores {result.scores.shape[1]} labels; ranking needs a one-score cross-encoder",
-                param="model",
-            )
         return Relevance(model, result.scores[:, 0], result.prompt_tokens, "cross-encoder")
-    if Task.MULTIVECTOR in tasks or Task.EMBED in tasks:
-        late = Task.MULTIVECTOR in tasks
-        wanted = MULTIVECTOR if late else DENSE
-        options = {"truncate": truncate} if late else {"truncate": truncate, "normalize": True}
-        asked, answered = await asyncio.gather(
-            service.encode(model.id, [query], wanted, input_type="query", **options),
-            service.encode(model.id, documents, wanted, input_type="document", **options),
-        )
-        tokens = asked.prompt_tokens + answered.prompt_tokens
-        if late:
-            method = model.info.multivector_similarity or "maxsim"
-            q = asked.multivector[0]
-            scores = [maxsim(q, d, mean=method == "meanmaxsim") for d in answered.multivector]
-            return Relevance(model, np.asarray(scores, dtype=np.float32), tokens, method)
-        return Relevance(model, (answered.dense @ asked.dense[0]).astype(np.float32), tokens, "cosine")
-    raise WrongTask(model.id, "scoring (rerank)", [t.value for t in Task if t in tasks])
+    if Task.MULTIVECTOR not in tasks and Task.EMBED not in tasks:
+        require_tasks(model, SCORE)  # it can't score at all: 400 naming the model's tasks
+    late = Task.MULTIVECTOR in tasks
+    wanted = MULTIVECTOR if late else DENSE
+    options = {"truncate": truncate} if late else {"truncate": truncate, "normalize": True}
+    asked, answered = await asyncio.gather(
+        service.encode(model.id, [query], wanted, input_type="query", **options),
+        service.encode(model.id, documents, wanted, input_type="document", **options),
+    )
+    tokens = asked.prompt_tokens + answered.prompt_tokens
+    if late:
+        method = model.info.multivector_similarity or "maxsim"
+        q = asked.multivector[0]
+        scores = [maxsim(q, d, mean=method == "meanmaxsim") for d in answered.multivector]
+        return Relevance(model, np.asarray(scores, dtype=np.float32), tokens, method)
+    return Relevance(model, (answered.dense @ asked.dense[0]).astype(np.float32), tokens, "cosine")

@@ -30,11 +30,13 @@ def lexical_score(query: SparseVector, document: SparseVector) -> float:
     return float(np.dot(query.values[in_query].astype(np.float64), document.values[in_document]))
 
 
-def maxsim_mean(query: np.ndarray, document: np.ndarray) -> float:
-    """Mean over query vectors of the best dot product with a document vector (0 for an empty query)."""
+def maxsim(query: np.ndarray, document: np.ndarray, *, mean: bool) -> float:
+    """Each query vector's best dot product with a document vector, summed (ColBERT's MaxSim) or
+    averaged over the query vectors (`mean`: BGE-M3's colbert_score); 0 when either has no vectors."""
     if query.shape[0] == 0 or document.shape[0] == 0:
         return 0.0
-    return float((query @ document.T).max(axis=1).mean())
+    best = (query @ document.T).max(axis=1)
+    return float(best.mean() if mean else best.sum())
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,6 @@ def hybrid_scores(
     return HybridScores(
         dense_score(q_dense, d_dense),
         lexical_score(q_sparse, d_sparse),
-        maxsim_mean(q_colbert, d_colbert),
+        maxsim(q_colbert, d_colbert, mean=True),
         (float(weights[0]), float(weights[1]), float(weights[2])),
     )

@@ -11,7 +11,7 @@ they never see tensors or backends. The model pool is reached through `service.p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +25,7 @@ from embedserve.engine.worker import EngineObserver
 from embedserve.errors import InvalidInput, Overloaded, TooManyTokens, WrongTask
 from embedserve.models.families import InputType
 from embedserve.models.registry import ModelResolver
-from embedserve.models.tasks import Task
+from embedserve.models.tasks import Task, task_names
 from embedserve.settings import Settings
 
 INLINE_TOKENIZE_INPUTS = 8  # requests at most this small are tokenized on the event loop
@@ -74,7 +74,7 @@ def require_tasks(model: LoadedModel, tasks: frozenset[Task]) -> None:
     have = model.info.tasks
     for task in Task:
         if task in tasks and task not in have:
-            raise WrongTask(model.id, _TASK_WORDS.get(task, task.value), [t.value for t in Task if t in have])
+            raise WrongTask(model.id, _TASK_WORDS[task], task_names(have))
 
 
 class EmbeddingService:
@@ -147,21 +147,19 @@ class EmbeddingService:
             processing.check_dimensions(dimensions, info.dimension, model.id)
         role = None
         if model.worker.backend.uses_roles:
-            if any(not isinstance(item, str) for item in inputs[:1]):
+            if not isinstance(inputs[0], str):
                 raise InvalidInput(f"model '{model.id}' encodes text only: it needs its query/document markers", param="input")
             role = input_type = input_type or "document"  # queries are encoded apart only when asked for
         prefix = model.prompts.prefix(input_type) if prompt_name is None else self._prompt(model, prompt_name)
         truncate = self.settings.truncate if truncate is None else truncate
-        with model.worker.admit() as admission:
-            if self._small(inputs):  # a thread hop costs more than tokenizing a few sentences
-                sequences = self._tokenize(model, inputs, prefix, truncate, role)
-            else:
-                sequences = await asyncio.to_thread(self._tokenize, model, inputs, prefix, truncate, role)
-            tokens = sum(len(s) for s in sequences)
-            self._check_tokens(tokens)
-            self._observer.tokens(model.id, tokens)
-            # --request-timeout bounds the queue wait and inference: the worker fails the request then.
-            outputs: Outputs = await model.worker.encode(sequences, admission, tasks, role)
+        backend = model.worker.backend
+
+        def tokenize() -> tuple[list[TokenIds], None]:
+            return processing.tokenize_inputs(
+                backend, model.id, inputs, prefix=prefix, truncate=truncate, role=role
+            ), None
+
+        outputs, tokens = await self._run(model, self._small(inputs), tokenize, tasks, role)
         dense = outputs.dense
         if dense is not None:
             dense = processing.finish_dense(
@@ -177,27 +175,37 @@ class EmbeddingService:
     ) -> ScoreResult:
         """How well each document answers `query`: a cross-encoder's score of each (query, document)
         pair, after the model's own activation (a sigmoid for one label) unless `raw`."""
-        try:
-            processing.check_inputs([query], 1)
-        except InvalidInput as exc:
-            raise InvalidInput(exc.message.replace("input[0]", "query"), param="query") from None
+        processing.check_query(query)
         processing.check_inputs(documents, self.settings.max_inputs)
         model = await self.pool.get_or_load(name)
         require_tasks(model, SCORE)
         backend = model.worker.backend
         truncate = self.settings.truncate if truncate is None else truncate
         pairs = [(query, document) for document in documents]
+        outputs, tokens = await self._run(
+            model, self._small(documents), lambda: backend.tokenize_pairs(pairs, truncate=truncate), SCORE
+        )
+        logits = outputs.scores
+        return ScoreResult(model, logits if raw else backend.activate_scores(logits), tokens)
+
+    async def _run(
+        self,
+        model: LoadedModel,
+        small: bool,
+        tokenize: Callable[[], tuple[list[TokenIds], list[TokenIds] | None]],
+        tasks: frozenset[Task],
+        role: str | None = None,
+    ) -> tuple[Outputs, int]:
+        """Admit one request, tokenize it (on the event loop when `small`: a thread hop costs more
+        than a few sentences), bound its tokens and queue it; its outputs and token count."""
         with model.worker.admit() as admission:
-            if self._small(documents):
-                sequences, types = backend.tokenize_pairs(pairs, truncate=truncate)
-            else:
-                sequences, types = await asyncio.to_thread(backend.tokenize_pairs, pairs, truncate=truncate)
+            sequences, types = tokenize() if small else await asyncio.to_thread(tokenize)
             tokens = sum(len(s) for s in sequences)
             self._check_tokens(tokens)
             self._observer.tokens(model.id, tokens)
-            outputs = await model.worker.encode(sequences, admission, SCORE, types=types)
-        logits = outputs.scores
-        return ScoreResult(model, logits if raw else backend.activate_scores(logits), tokens)
+            # --request-timeout bounds the queue wait and inference: the worker fails the request then.
+            outputs = await model.worker.encode(sequences, admission, tasks, role, types)
+        return outputs, tokens
 
     @staticmethod
     def _prompt(model: LoadedModel, name: str) -> str:
@@ -222,8 +230,3 @@ class EmbeddingService:
         tokenizer) cost less there than the ~100 us of handing them to a thread, which
         profiling showed as a tenth of the loop's time under single-sentence traffic."""
         return len(inputs) <= INLINE_TOKENIZE_INPUTS and sum(len(item) for item in inputs) <= INLINE_TOKENIZE_CHARS
-
-    @staticmethod
-    def _tokenize(model: LoadedModel, inputs: Inputs, prefix: str, truncate: bool, role: str | None) -> list[TokenIds]:
-        backend = model.worker.backend
-        return processing.tokenize_inputs(backend, model.id, inputs, prefix=prefix, truncate=truncate, role=role)

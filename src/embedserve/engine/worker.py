@@ -207,10 +207,10 @@ class ModelWorker:
             role=role,
         )
         self._deadlines.track(request.future)
-        if types is None:
-            self._pool.extend(PendingInput(request, i, ids) for i, ids in enumerate(sequences))
-        else:
-            self._pool.extend(PendingInput(request, i, ids, kinds) for i, (ids, kinds) in enumerate(zip(sequences, types, strict=True)))
+        segments = types if types is not None else [None] * len(sequences)
+        self._pool.extend(
+            PendingInput(request, i, ids, kinds) for i, (ids, kinds) in enumerate(zip(sequences, segments, strict=True))
+        )
         self._wake.set()
         return await request.future
 

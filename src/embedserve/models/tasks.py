@@ -41,6 +41,11 @@ OUTPUTS = (Task.EMBED, Task.SPARSE, Task.MULTIVECTOR)
 BGE_M3_HEADS = ("sparse_linear.pt", "colbert_linear.pt")
 
 
+def task_names(tasks: frozenset[Task]) -> list[str]:
+    """The tasks' names in Task's order (embed, sparse, multivector, score), as clients see them."""
+    return [task.value for task in Task if task in tasks]
+
+
 @dataclass(frozen=True)
 class ModelKind:
     """What a folder is: `name` says how it is computed, `loader` which sentence-transformers class reads it."""
@@ -50,8 +55,6 @@ class ModelKind:
     loader: str  # "SentenceTransformer" | "SparseEncoder" | "MultiVectorEncoder" | "CrossEncoder"
     reason: str  # what in the folder decided it (logged, shown in /model/info)
 
-    def ordered_tasks(self) -> list[str]:
-        return [task.value for task in Task if task in self.tasks]
 
 
 SENTENCE_TRANSFORMER = "SentenceTransformer"
