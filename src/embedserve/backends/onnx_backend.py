@@ -214,17 +214,26 @@ class OnnxBackend(Backend):
         self._torch.limit_sequence_length(max_seq_length)
         super().limit_sequence_length(self._torch.info.max_seq_length)
 
-    def forward(self, batch: Batch) -> np.ndarray:
+    def forward(self, batch: Batch) -> np.ndarray | dict[str, torch.Tensor]:
         return self._run(self._session, batch)
 
-    def _run(self, session: ort.InferenceSession, batch: Batch) -> np.ndarray:
-        return session.run(None, self._feeds(batch))[0]
+    def _run(self, session: ort.InferenceSession, batch: Batch) -> np.ndarray | dict[str, torch.Tensor]:
+        """The graph's output; for a multi-vector model, the features its heads read (token states,
+        the encoder's mask, where the query expansion is), each worked out once per batch."""
+        if self._mv is None:
+            return session.run(None, self._feeds(batch))[0]
+        expansion = self._mv.expansion_positions(batch)
+        mask = self._mv.encoder_mask(batch, expansion)  # expansion the model doesn't attend to is masked
+        hidden = session.run(None, self._feeds(batch, mask.numpy()))[0]
+        return {
+            "token_embeddings": torch.from_numpy(hidden),
+            "input_ids": torch.from_numpy(batch.input_ids),
+            "attention_mask": mask,
+            "query_expansion_positions": expansion,
+        }
 
-    def _feeds(self, batch: Batch) -> dict[str, np.ndarray]:
-        mask = batch.attention_mask
-        if self._mv is not None:  # query expansion the model doesn't attend to
-            mask = self._mv.encoder_mask(batch, self._mv.expansion_positions(batch)).numpy()
-        feeds = {"input_ids": batch.input_ids, "attention_mask": mask}
+    def _feeds(self, batch: Batch, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask if mask is None else mask}
         if "token_type_ids" in self._inputs:
             feeds["token_type_ids"] = batch.segment_ids()
         return feeds
@@ -237,14 +246,7 @@ class OnnxBackend(Backend):
         if self._splade:
             return Outputs(sparse=sparse_rows(hidden))
         if self._mv is not None:
-            expansion = self._mv.expansion_positions(batch)
-            features = {
-                "token_embeddings": torch.from_numpy(hidden),
-                "input_ids": torch.from_numpy(batch.input_ids),
-                "attention_mask": self._mv.encoder_mask(batch, expansion),
-                "query_expansion_positions": expansion,
-            }
-            return Outputs(multivector=self._mv.vectors(batch, features))
+            return Outputs(multivector=self._mv.vectors(batch, hidden))
         return model_outputs(self, batch, hidden, tasks, lambda: hidden)
 
     def pool(self, batch: Batch, hidden: np.ndarray) -> np.ndarray:
