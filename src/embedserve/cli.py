@@ -17,7 +17,7 @@ from embedserve.server import run_server
 from embedserve.settings import Settings
 
 # Flags whose natural CLI name is singular because they repeat.
-REPEATED_FLAG = {"models": "model", "cors_origins": "cors-origin", "api_keys": "api-key"}
+REPEATED_FLAG = {"models": "model", "cors_origins": "cors-origin", "api_keys": "api-key", "model_aliases": "model-alias"}
 
 
 def _click_option(name: str, field) -> click.Option:

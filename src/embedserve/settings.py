@@ -13,6 +13,15 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+# Model names that OpenAI-compatible clients send by default (LlamaIndex's OpenAIEmbedding:
+# text-embedding-ada-002; LangChain's OpenAIEmbeddings: text-embedding-ada-002; Infinity's
+# clients: default/not-specified): served by the default model unless --model-alias says otherwise.
+BUILTIN_MODEL_ALIASES = {
+    "text-embedding-ada-002": "default",
+    "text-embedding-3-small": "default",
+    "text-embedding-3-large": "default",
+    "default/not-specified": "default",
+}
 
 
 class Settings(BaseSettings):
@@ -52,6 +61,12 @@ class Settings(BaseSettings):
     hub_timeout: float = Field(
         30.0, gt=0, description="Seconds a request waits for the Hugging Face Hub to resolve or download a model."
     )
+    model_aliases: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="NAME=MODEL: a request naming NAME is served by MODEL (`default`: the default model), unless a "
+        "loaded model is called NAME. Added to the built-in ones, which send OpenAI's embedding model names and "
+        "`default/not-specified` to the default model; `NAME=` removes one. Repeat for several; env: comma-separated.",
+    )
     models_list_style: Literal["openai", "names"] = Field(
         "openai",
         description="Shape of GET /v1/models: OpenAI's list of model objects, or a list of names "
@@ -69,7 +84,8 @@ class Settings(BaseSettings):
     )
     min_fidelity: float = Field(
         0.99, ge=0, le=1,
-        description="Least mean cosine to the fp32 reference on the calibration set for a reduced-precision mode.",
+        description="Least mean cosine to the fp32 reference on the calibration set for a reduced-precision mode "
+        "(a cross-encoder: least mean per-query rank agreement of its calibration pairs' scores, Spearman).",
     )
     int8_target: float = Field(
         0.99, ge=0, le=1,
@@ -101,6 +117,11 @@ class Settings(BaseSettings):
     )
     truncate: bool = Field(
         True, description="Truncate inputs longer than the model's maximum (else 422)."
+    )
+    token_ids: Literal["auto", "model", "cl100k"] = Field(
+        "auto",
+        description="How token-id inputs are read: auto (the model's own ids when they decode and re-encode to "
+        "themselves, else OpenAI's cl100k_base ids, as LangChain's OpenAIEmbeddings sends), model, or cl100k.",
     )
     threads: int = Field(
         0, ge=0, description="Intra-op threads per inference worker; 0 = physical cores / model workers."
@@ -144,7 +165,7 @@ class Settings(BaseSettings):
         30.0, ge=0, description="Seconds to finish in-flight requests after SIGTERM (0 = no limit)."
     )
 
-    @field_validator("models", "cors_origins", "allow_models", "api_keys", mode="before")
+    @field_validator("models", "cors_origins", "allow_models", "api_keys", "model_aliases", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         """Env: one comma-separated string; flags: repeated, and each may hold commas too."""
@@ -160,6 +181,23 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one model is required")
         return value
+
+    @field_validator("model_aliases")
+    @classmethod
+    def _alias_pairs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pair in value:
+            name, sep, _ = pair.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"a model alias is NAME=MODEL, not {pair!r}")
+        return value
+
+    def alias_targets(self) -> dict[str, str | None]:
+        """Lower-cased alias name -> the model it means (None: the default model)."""
+        pairs = dict(BUILTIN_MODEL_ALIASES)
+        for pair in self.model_aliases:
+            name, _, target = pair.partition("=")
+            pairs[name.strip()] = target.strip()
+        return {name.lower(): (None if target == "default" else target) for name, target in pairs.items() if target}
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:

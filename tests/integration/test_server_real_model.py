@@ -115,8 +115,12 @@ def test_openai_client(server, reference_model):
     models = client.models.list()
     assert MODEL in [m.id for m in models.data]
     with pytest.raises(openai.NotFoundError) as info:
-        client.embeddings.create(model="text-embedding-3-small", input="hi")
-    assert "text-embedding-3-small" in str(info.value)
+        client.embeddings.create(model="acme/no-such-model", input="hi")
+    assert "acme/no-such-model" in str(info.value)
+    # OpenAI's own model names reach the default model (--model-alias), so its clients' defaults work
+    aliased = client.embeddings.create(model="text-embedding-3-small", input=SENTENCES[:1])
+    assert aliased.model == "text-embedding-3-small"
+    assert cosines(np.array([aliased.data[0].embedding]), got[:1]).min() >= 0.9999
     with pytest.raises(openai.UnprocessableEntityError):
         client.embeddings.create(model=MODEL, input=[])
 

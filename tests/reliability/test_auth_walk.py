@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from embedserve.api import embeddings_lane
 from embedserve.api.app import ROUTERS, create_app
-from embedserve.api.routing import Scope, route_scope
+from embedserve.api.routing import ErrorShape, Scope, route_errors, route_scope
 from embedserve.backends.fake import FakeBackend
 from embedserve.models.tasks import Task
 from embedserve.settings import Settings
@@ -30,10 +30,20 @@ BODIES = {  # a body each route would serve with the right key, so only the key 
     "/vectorize-batch-hybrid": {"items": ["hello"]},
     "/embed_sparse": {"inputs": "hello"},
     "/embed_all": {"inputs": ["hello"]},
+    "/embed": {"inputs": ["hello", "world"], "normalize": False},
+    "/": {"inputs": "hello"},  # POST /: the fake scores (every task), so TEI's root predicts; GET / ignores it
+    "/predict": {"inputs": [["hello"], ["hello", "world"]]},
+    "/similarity": {"inputs": {"source_sentence": "hello", "sentences": ["hello world"]}},
+    "/tokenize": {"inputs": "hello"},
+    "/decode": {"ids": [1, 5, 2]},
     "/v1/encodings": {"input": "hello"},
     "/rerank": {"query": "hello", "texts": ["hello world", "cat"]},
     "/v1/rerank": {"query": "hello", "documents": ["hello world", {"text": "cat"}]},
     "/v2/rerank": {"query": "hello", "documents": ["hello world", "cat"]},
+    "/v2/embed": {"input_type": "search_query", "texts": ["hello"], "embedding_types": ["float", "int8"]},
+    "/v1/embed": {"texts": ["hello"]},
+    "/score": {"queries": "hello", "documents": ["hello world", "cat"]},
+    "/v1/score": {"text_1": "hello", "text_2": "hello world"},
 }
 PARAMS = {"/model/load": {"model_name": "org/other"}, "/model/unload": {"model_name": "org/fake-model"}}
 
@@ -111,7 +121,10 @@ def test_without_the_right_key_nothing_reaches_the_engine(walk, monkeypatch):
         for headers in ({}, {"Authorization": "Bearer sk-wrong"}, {"X-Api-Key": "sk-embedx"}, {"Authorization": "sk-"}):
             r = send(client, method, path, headers)
             assert r.status_code == 401, (method, path, headers, r.status_code, r.text)
-            assert r.json()["error"]["code"] == "invalid_api_key" and r.headers["www-authenticate"] == "Bearer"
+            if route_errors(route) is ErrorShape.TEI:  # TEI's routes answer in TEI's error shape
+                assert r.json()["error_type"] == "Validation" and r.headers["www-authenticate"] == "Bearer"
+            else:
+                assert r.json()["error"]["code"] == "invalid_api_key" and r.headers["www-authenticate"] == "Bearer"
             checked += 1
         if scope is Scope.ADMIN:
             r = send(client, method, path, {"X-Api-Key": "sk-embed"})

@@ -36,6 +36,15 @@ def assert_openai_error(response, status: int, *, type_: str | None = None, para
     return error
 
 
+def assert_tei_error(response, status: int, error_type: str = "Validation") -> str:
+    """The status, exactly TEI's error shape `{"error", "error_type"}` with that kind; the message."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "error_type"} and body["error_type"] == error_type, body
+    assert isinstance(body["error"], str) and body["error"]
+    return body["error"]
+
+
 def raw_vector(backend, text: str) -> np.ndarray:
     """The backend's unnormalised vector for `text`, as float64."""
     (ids,) = backend.tokenize([text], truncate=True)

@@ -12,7 +12,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from embedserve import __version__
-from embedserve.api import encode, encodings, flask_compat, generator, hybrid, openai, ops, rerank, tei, vectorize
+from embedserve.api import (
+    encode, encodings, flask_compat, generator, hybrid, infinity, openai, ops, rerank, score, tei, vectorize,
+)
+from embedserve.api import cohere
+from embedserve.api import tei_predict, tei_root, tei_tools
 from embedserve.api.auth import AuthMiddleware, KeyStore
 from embedserve.api.embeddings_lane import EmbeddingsLane
 from embedserve.api.errors import install_error_handlers
@@ -32,7 +36,9 @@ log = logging.getLogger(__name__)
 # requests against (api/routing.py) is built from these same route objects.
 ROUTERS = (
     openai.router, ops.router, flask_compat.router, generator.router, encode.router, vectorize.router,
-    hybrid.router, tei.router, encodings.router, rerank.router,
+    hybrid.router, tei.router, tei_predict.router, tei_tools.router, tei_root.router,
+    encodings.router, rerank.router, score.router, infinity.router,
+    cohere.router,
 )
 
 

@@ -138,7 +138,7 @@ class AuthMiddleware:
         if scope["type"] == "http" and self.keys.enabled:
             error = self.check(scope)
             if error is not None:
-                await send_error(send, error)
+                await send_error(send, error, scope=scope)
                 return
         await self.app(scope, receive, send)
 

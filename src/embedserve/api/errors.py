@@ -1,31 +1,77 @@
-"""The one place where exceptions become HTTP statuses and OpenAI-shaped error JSON."""
+"""The one place where exceptions become HTTP statuses and error JSON.
+
+The body has OpenAI's shape, or Text Embeddings Inference's (`{"error", "error_type"}`) on a route
+that declares it (api/routing.py `declare(..., errors=ErrorShape.TEI)`): `error_content` reads the
+shape from the request's matched route, kept in the ASGI scope, so FastAPI's handlers below and the
+middleware that answers before any route runs (api/middleware.py `send_error`: keys, full queue,
+body limits) give one route one shape. A route several APIs share (/rerank) declares `EITHER` and
+calls `use_tei_errors` once it knows the body is TEI's.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from embedserve.api.responses import OrjsonResponse, error_body
+from embedserve.api.responses import OrjsonResponse, error_body, renderable
+from embedserve.api.routing import ROUTE, ErrorShape, route_errors
 from embedserve.errors import EmbedServeError
 
 log = logging.getLogger(__name__)
 
 _FASTAPI_BODY_ERROR = "There was an error parsing the body"
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+SHAPE = "embedserve.error_shape"  # ASGI scope: the shape a route chose for this request (use_tei_errors)
 
 
-def error_response(status: int, message: str, type_: str, *, param=None, code=None, headers=None):
-    return OrjsonResponse(error_body(message, type_, param=param, code=code), status_code=status, headers=headers)
+def tei_error_type(status: int) -> str:
+    """TEI's name for an error of this status. Our statuses stay (TEI answers some of these with
+    another: 413 for a batch too large, 424 for any inference failure); only the kind is TEI's."""
+    if status == 429:
+        return "Overloaded"
+    if status in (503, 504):
+        return "Unhealthy"  # passes: loading, restarting, draining, timed out, the Hub slow
+    if status >= 500 or status == 424:
+        return "Backend"
+    return "Validation"  # TEI has no kind for a key (its 401 has no body) or a missing model
 
 
-def domain_error_response(exc: EmbedServeError) -> OrjsonResponse:
+def error_shape(scope: MutableMapping[str, Any] | None) -> ErrorShape:
+    if scope is None:
+        return ErrorShape.OPENAI
+    chosen = scope.get(SHAPE) or route_errors(scope.get(ROUTE))
+    return ErrorShape.TEI if chosen is ErrorShape.TEI else ErrorShape.OPENAI
+
+
+def use_tei_errors(request: Request) -> None:
+    """From here on, this request's errors have TEI's shape (a shared path given TEI's body)."""
+    request.scope[SHAPE] = ErrorShape.TEI
+
+
+def error_content(scope, status: int, message: str, type_: str, *, param=None, code=None) -> dict:
+    """The error body for a request (`scope`: its ASGI scope; None: no route, OpenAI's shape)."""
+    if error_shape(scope) is ErrorShape.TEI:
+        return {"error": renderable(message), "error_type": tei_error_type(status)}
+    return error_body(message, type_, param=param, code=code)
+
+
+def error_response(status: int, message: str, type_: str, *, param=None, code=None, headers=None, scope=None):
+    content = error_content(scope, status, message, type_, param=param, code=code)
+    return OrjsonResponse(content, status_code=status, headers=headers)
+
+
+def domain_error_response(exc: EmbedServeError, scope=None) -> OrjsonResponse:
     """The response for one of our own errors (also used by api/embeddings_lane.py)."""
     if exc.status >= 500 and exc.retry_after is None:  # a 503/504 that passes is expected, not an error
         log.error("request failed: %s", exc.message)
-    return error_response(exc.status, exc.message, exc.type, param=exc.param, code=exc.code, headers=exc.headers())
+    return error_response(
+        exc.status, exc.message, exc.type, param=exc.param, code=exc.code, headers=exc.headers(), scope=scope
+    )
 
 
 def _location(loc: tuple) -> str:
@@ -69,12 +115,14 @@ def allowed_methods(request: Request) -> str | None:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(EmbedServeError)
     async def _domain(request: Request, exc: EmbedServeError):
-        return domain_error_response(exc)
+        return domain_error_response(exc, request.scope)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
         message, param = validation_message(exc)
-        return error_response(422, message, "invalid_request_error", param=param, code="invalid_request")
+        return error_response(
+            422, message, "invalid_request_error", param=param, code="invalid_request", scope=request.scope
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -83,7 +131,8 @@ def install_error_handlers(app: FastAPI) -> None:
             # FastAPI's own 400 for bodies json.loads can't take (not UTF-8, too deep, huge ints):
             # the same client error as any other malformed JSON, so the same 422.
             return error_response(
-                422, "request body is not valid JSON", "invalid_request_error", code="invalid_request"
+                422, "request body is not valid JSON", "invalid_request_error", code="invalid_request",
+                scope=request.scope,
             )
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route for {request.method} {request.url.path}"
@@ -91,9 +140,11 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 405 and (allow := allowed_methods(request)):
             headers = {**(headers or {}), "Allow": allow}
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return error_response(exc.status_code, message, type_, code=_HTTP_CODES.get(exc.status_code), headers=headers)
+        return error_response(
+            exc.status_code, message, type_, code=_HTTP_CODES.get(exc.status_code), headers=headers, scope=request.scope
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal server error", "server_error", code="internal_error")
+        return error_response(500, "internal server error", "server_error", code="internal_error", scope=request.scope)

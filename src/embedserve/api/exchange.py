@@ -104,7 +104,7 @@ class BodyMiddleware:
             return
         declared = header(scope, b"content-length")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send)
+            await self._too_large(send, scope)
             return
         exchange = _Exchange(scope, receive, self.body_timeout)
         try:
@@ -114,12 +114,12 @@ class BodyMiddleware:
                 if not exchange.body_expired:
                     raise
                 exchange.task.uncancel()  # our own deadline, not a shutdown
-                await self._timed_out(send)
+                await self._timed_out(send, scope)
                 return
             except ClientDisconnected:
                 return  # nobody to answer, and a partial body must not run
             if body is None:
-                await self._too_large(send)
+                await self._too_large(send, scope)
                 return
             exchange.body_read()
             try:
@@ -131,10 +131,10 @@ class BodyMiddleware:
         finally:
             exchange.close()
 
-    async def _too_large(self, send: Send) -> None:
+    async def _too_large(self, send: Send, scope: Scope) -> None:
         message = f"request body is larger than the limit of {self.max_body_bytes} bytes"
-        await send_error(send, PayloadTooLarge(message))
+        await send_error(send, PayloadTooLarge(message), scope=scope)
 
-    async def _timed_out(self, send: Send) -> None:
+    async def _timed_out(self, send: Send, scope: Scope) -> None:
         message = f"request body was not received within {self.body_timeout:g} s"
-        await send_error(send, BodyTimeout(message), close=True)
+        await send_error(send, BodyTimeout(message), close=True, scope=scope)

@@ -18,7 +18,8 @@ import time
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from embedserve.api.responses import dumps, error_body
+from embedserve.api.errors import error_content
+from embedserve.api.responses import dumps
 from embedserve.api.routing import ROUTE, RouteTable
 from embedserve.errors import EmbedServeError
 from embedserve.metrics import Metrics
@@ -124,14 +125,15 @@ class QueueFullMiddleware:
         if scope["type"] == "http" and 429 in (getattr(scope.get(ROUTE), "responses", None) or ()):
             refusal = self.service.all_queues_full()
             if refusal is not None:
-                await send_error(send, refusal)
+                await send_error(send, refusal, scope=scope)
                 return
         await self.app(scope, receive, send)
 
 
-async def send_error(send: Send, exc: EmbedServeError, *, close: bool = False) -> None:
-    """Answer with one of our errors straight from middleware (no FastAPI below it)."""
-    body = dumps(error_body(exc.message, exc.type, param=exc.param, code=exc.code))
+async def send_error(send: Send, exc: EmbedServeError, *, close: bool = False, scope: Scope | None = None) -> None:
+    """Answer with one of our errors straight from middleware (no FastAPI below it), in the shape
+    the request's route declares (`scope`)."""
+    body = dumps(error_content(scope, exc.status, exc.message, exc.type, param=exc.param, code=exc.code))
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     for name, value in (exc.headers() or {}).items():
         headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))

@@ -40,8 +40,12 @@ class EmbeddingRequest(BaseModel):
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="`base64` is little-endian float32, as the openai client requests by default."
     )
-    dimensions: StrictInt | None = Field(None, description="Cut vectors to this many dimensions and renormalise.")
+    dimensions: StrictInt | None = Field(
+        None, description="Cut vectors to this many dimensions and renormalise; 0 (what Infinity's clients send) "
+        "means the whole vector."
+    )
     user: str | None = Field(None, description="Accepted and ignored.")
+    modality: Literal["text"] | None = Field(None, description="Infinity's field: only text is embedded here.")
     input_type: InputKind | None = Field(
         None,
         description="`query` or `document`: apply the model's query or document prefix (its own prompts, "
@@ -55,6 +59,11 @@ class EmbeddingRequest(BaseModel):
             return handler(value)
         except ValidationError:
             raise ValueError(f"must be {_INPUT_SHAPES}") from None
+
+    @field_validator("dimensions")
+    @classmethod
+    def _zero_is_all(cls, value: int | None) -> int | None:
+        return None if value == 0 else value
 
     @model_validator(mode="after")
     def _input_type_needs_text(self):

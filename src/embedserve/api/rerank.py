@@ -11,6 +11,10 @@
 Any model that can score answers (engine/ranking.py): a cross-encoder by its scores, a ColBERT or
 BGE-M3 model by MaxSim, a dense embedder by cosine; one that can't is answered 400 naming its
 tasks. A body that is none of the shapes is a 422 that says which keys each shape takes.
+
+Errors have OpenAI's shape, except once the body is known to be TEI's (`texts`): from then on a
+TEI client gets TEI's `{"error", "error_type"}`, as from TEI's own /rerank. (A body that is not
+even a JSON object can't say whose it is: OpenAI's.)
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from fastapi import APIRouter, Body, Request
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from embedserve.api.compat import Text, TruncationDirection, relabel, service, validate_body
+from embedserve.api.errors import use_tei_errors
 from embedserve.api.responses import OrjsonResponse
-from embedserve.api.routing import LOADS, Scope, declare
+from embedserve.api.routing import LOADS, ErrorShape, Scope, declare
 from embedserve.engine.ranking import Relevance, relevance
 from embedserve.errors import InvalidInput
 from embedserve.models.tasks import Task
@@ -83,7 +88,7 @@ async def _scores(request: Request, body, documents: list[str], field: str) -> t
 @router.post(
     "/rerank",
     summary="Rerank documents for a query (Embedding Service, Text Embeddings Inference or Infinity shape)",
-    **declare(Scope.EMBED, *LOADS, body=True, tasks=(Task.SCORE, Task.MULTIVECTOR, Task.EMBED)),
+    **declare(Scope.EMBED, *LOADS, body=True, tasks=(Task.SCORE, Task.MULTIVECTOR, Task.EMBED), errors=ErrorShape.EITHER),
 )
 async def rerank(request: Request, body: Annotated[dict[str, Any], Body(openapi_examples=_EXAMPLES)]) -> Any:
     shapes = [key for key in ("candidates", "texts", "documents") if key in body]
@@ -92,13 +97,8 @@ async def rerank(request: Request, body: Annotated[dict[str, Any], Body(openapi_
         _, scores = await _scores(request, asked, asked.candidates, "candidates")
         return OrjsonResponse({"scores": scores})
     if shapes == ["texts"]:
-        tei = validate_body(TeiRerank, body)
-        _, scores = await _scores(request, tei, tei.texts, "texts")
-        ranks = [{"index": int(i), "score": float(scores[i])} for i in _best(scores, None)]
-        if tei.return_text:
-            for rank in ranks:
-                rank["text"] = tei.texts[rank["index"]]
-        return OrjsonResponse(ranks)
+        use_tei_errors(request)
+        return OrjsonResponse(await tei_ranks(request, body))
     if shapes == ["documents"]:
         inf = validate_body(InfinityRerank, body)
         _check_top_n(inf.top_n, len(inf.documents))
@@ -114,6 +114,17 @@ async def rerank(request: Request, body: Annotated[dict[str, Any], Body(openapi_
             "id": f"rerank-{uuid.uuid4().hex}", "created": int(time.time()),
         })
     raise InvalidInput(f"a rerank body is one of three shapes: {SHAPES}", param=None)
+
+
+async def tei_ranks(request: Request, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """TEI's rerank (also what TEI's POST / answers for a reranker, api/tei_root.py)."""
+    tei = validate_body(TeiRerank, body)
+    _, scores = await _scores(request, tei, tei.texts, "texts")
+    ranks = [{"index": int(i), "score": float(scores[i])} for i in _best(scores, None)]
+    if tei.return_text:
+        for rank in ranks:
+            rank["text"] = tei.texts[rank["index"]]
+    return ranks
 
 
 class TextDocument(BaseModel):

@@ -5,17 +5,20 @@ A route declares its scope where it is declared:
     @router.post("/v1/embeddings", **declare(Scope.EMBED, 404, 413, 422, 429, 503))
 
 `declare` keeps the scope on the route (as the OpenAPI extension `x-embedserve-scope`) and
-documents each error status with OpenAI's error shape. Middleware finds the request's route
-in the app's route table (`RouteTable`) before anything else runs and reads the scope back
-(`route_scope`), so one check holds for every request, whether FastAPI or the embeddings lane
-answers it, and behind a reverse proxy's `root_path` too (Starlette strips it when matching).
+documents each error status with OpenAI's error shape, or with Text Embeddings Inference's
+(`errors=ErrorShape.TEI`, kept as `x-embedserve-errors`): api/errors.py reads the matched route's
+shape back, so every error of a TEI route (validation, auth, body limits, full queue) has TEI's.
+Middleware finds the request's route in the app's route table (`RouteTable`) before anything
+else runs and reads the scope back (`route_scope`), so one check holds for every request, whether
+FastAPI or the embeddings lane answers it, and behind a reverse proxy's `root_path` too
+(Starlette strips it when matching).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from starlette.routing import BaseRoute, Match
@@ -25,6 +28,7 @@ from embedserve.models.tasks import Task
 
 SCOPE_KEY = "x-embedserve-scope"
 TASKS_KEY = "x-embedserve-tasks"
+ERRORS_KEY = "x-embedserve-errors"
 ROUTE = "embedserve.route"  # where the matched route is kept in the ASGI scope
 
 
@@ -35,6 +39,14 @@ class Scope(StrEnum):
     METRICS = "metrics"  # open unless --protect-metrics, then any valid key
     EMBED = "embed"  # every inference route of every API family, and reading about models
     ADMIN = "admin"  # changes server state: loading and unloading models
+
+
+class ErrorShape(StrEnum):
+    """Which error body a route answers with."""
+
+    OPENAI = "openai"  # {"error": {"message", "type", "param", "code"}}: every route of ours
+    TEI = "tei"  # {"error": "...", "error_type": "Validation"}: Text Embeddings Inference's routes
+    EITHER = "either"  # a path several APIs share (/rerank): OpenAI's unless the body is TEI's (api/errors.py)
 
 
 class ErrorDetail(BaseModel):
@@ -48,6 +60,21 @@ class ErrorResponse(BaseModel):
     """OpenAI's error shape, which every error of this server has."""
 
     error: ErrorDetail
+
+
+class TeiErrorResponse(BaseModel):
+    """Text Embeddings Inference's error shape (its `ErrorResponse`): the message, and the kind as
+    TEI names it. Statuses are ours; the kind follows them (api/errors.py `tei_error_type`)."""
+
+    error: str
+    error_type: Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"]
+
+
+_ERROR_MODELS: dict[ErrorShape, Any] = {
+    ErrorShape.OPENAI: ErrorResponse,
+    ErrorShape.TEI: TeiErrorResponse,
+    ErrorShape.EITHER: ErrorResponse | TeiErrorResponse,  # documented as anyOf
+}
 
 
 _DESCRIPTIONS = {
@@ -72,9 +99,11 @@ LOADING = (404, 422, 424, 503, 504, 507)  # what loading a model by name can ans
 DENSE_TASK = (Task.EMBED,)  # what every dense embedding route needs of its model
 
 
-def declare(scope: Scope, *statuses: int, body: bool = False, tasks: Sequence[Task] = ()) -> dict[str, Any]:
-    """Keyword arguments for a route decorator: its scope, the model tasks it needs, and its
-    documented error answers.
+def declare(
+    scope: Scope, *statuses: int, body: bool = False, tasks: Sequence[Task] = (), errors: ErrorShape = ErrorShape.OPENAI
+) -> dict[str, Any]:
+    """Keyword arguments for a route decorator: its scope, the model tasks it needs, its error
+    shape and its documented error answers.
 
     401/403 come with any scope that can ask for a key; `body=True` adds the body reader's 408/413;
     `tasks` (kept as `x-embedserve-tasks`) adds the 400 a model without them gets.
@@ -88,7 +117,10 @@ def declare(scope: Scope, *statuses: int, body: bool = False, tasks: Sequence[Ta
     if tasks:
         codes.add(400)
         extra[TASKS_KEY] = [task.value for task in tasks]
-    responses = {code: {"model": ErrorResponse, "description": _DESCRIPTIONS[code]} for code in sorted(codes)}
+    if errors is not ErrorShape.OPENAI:
+        extra[ERRORS_KEY] = errors.value
+    model = _ERROR_MODELS[errors]
+    responses = {code: {"model": model, "description": _DESCRIPTIONS[code]} for code in sorted(codes)}
     return {"openapi_extra": extra, "responses": responses}
 
 
@@ -96,6 +128,12 @@ def route_tasks(route: BaseRoute | None) -> list[str]:
     """The model tasks a route declared it needs (empty: none)."""
     extra = getattr(route, "openapi_extra", None) or {}
     return list(extra.get(TASKS_KEY, []))
+
+
+def route_errors(route: BaseRoute | None) -> ErrorShape:
+    """The error shape a route declared (OpenAI's when it declared none, or no route matched)."""
+    extra = getattr(route, "openapi_extra", None) or {}
+    return ErrorShape(extra.get(ERRORS_KEY, ErrorShape.OPENAI.value))
 
 
 SECURITY_SCHEMES = {

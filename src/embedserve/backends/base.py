@@ -48,14 +48,19 @@ class Outputs:
 
 @dataclass(frozen=True)
 class Fidelity:
-    """How close a fast mode's vectors are to the fp32 reference (see backends.fidelity)."""
+    """How close a fast mode's vectors are to the fp32 reference (see backends.fidelity).
+
+    A cross-encoder's is measured on scores (backends.score_fidelity): its mean/min "cosine" is its
+    mean/min per-query rank agreement (Spearman: the cosine of the centred rank vectors), and
+    `outputs` holds its score measures."""
 
     mode: str  # e.g. "onnx fp32"
     reference: str  # e.g. "torch fp32"
     mean_cosine: float
     min_cosine: float
     samples: int
-    outputs: Mapping[str, float] = field(default_factory=dict)  # sparse / multi-vector measures (fidelity.compare_outputs)
+    # sparse / multi-vector measures (fidelity.compare_outputs), or a cross-encoder's (score_fidelity.compare_scores)
+    outputs: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def lowest_mean_cosine(self) -> float:
@@ -101,7 +106,20 @@ class ModelInfo:
     kind: str = "sentence-transformer"  # models/tasks.py ModelKind.name
     multivector_dimension: int | None = None
     score_labels: int | None = None  # a cross-encoder's scores per pair
+    labels: tuple[str, ...] = ()  # a cross-encoder's label names in id order (config id2label); () = unnamed
     multivector_similarity: str | None = None  # "maxsim" (sum over query vectors) or "meanmaxsim" (their mean)
+
+
+@dataclass(frozen=True)
+class Token:
+    """One token of a text as the tokenizer sees it (TEI's /tokenize): `start`/`stop` are character
+    offsets into the text, None for special tokens, whose `text` is the token itself."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
 
 
 @dataclass(frozen=True)
@@ -206,6 +224,14 @@ class Backend(ABC):
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:
         """The text of each vocabulary id (a sparse output's terms, for people to read)."""
+        raise NotImplementedError
+
+    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[Token]]:
+        """Every token of each text, untruncated, with its offsets (for people and clients to inspect)."""
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[TokenIds], *, skip_special_tokens: bool) -> list[str]:
+        """The text of each id sequence, as the model's tokenizer decodes it."""
         raise NotImplementedError
 
     def limit_sequence_length(self, max_seq_length: int) -> None:

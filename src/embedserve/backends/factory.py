@@ -6,6 +6,12 @@ measured at load, keeps every calibration vector within cosine 0.9999 of fp32 an
 least 1.5x faster; otherwise the optimised fp32 ONNX graph (torch if the export fails). A
 mode asked for explicitly that fails the guard is refused with a clear error; one that
 `auto` picked falls back to torch fp32 instead.
+
+Cross-encoders take the same path (ONNX graph of the whole classifier, backends/onnx_scoring.py),
+judged by their scores instead of vectors: each mode's scores of the calibration pairs against
+torch fp32's, by per-query rank agreement (held to --min-fidelity) and max score error (held to
+a bound per precision); auto's bf16 must also keep every score within 0.01 of fp32's
+(backends/score_fidelity.py).
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from embedserve.backends.base import Backend
+from embedserve.backends import score_fidelity
+from embedserve.backends.base import Backend, Fidelity
 from embedserve.backends.torch_backend import TorchBackend, physical_cores, pick_device
 from embedserve.errors import FidelityTooLow, ModelLoadError
-from embedserve.models.tasks import ModelKind, detect_kind
+from embedserve.models.tasks import detect_kind
 from embedserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,8 +92,6 @@ def build_backend(settings: Settings, path: Path) -> Backend:
     single_threaded_numpy_blas()
     device = pick_device(settings.device)
     backend_name, dtype = choose_mode(settings.backend, settings.dtype, device)
-    if kind.name not in ONNX_KINDS:
-        return _build_exact(kind, backend_name, dtype, settings, path, device)
     if kind.name == "multi-vector" and backend_name == "torch" and dtype != "fp32":
         raise ModelLoadError(f"multi-vector models run in fp32 (torch or ONNX) or int8 (ONNX) so far, not torch {dtype}")
     automatic = settings.backend == "auto" and settings.dtype == "auto"
@@ -104,12 +109,8 @@ def build_backend(settings: Settings, path: Path) -> Backend:
         log.warning("%s %s failed for %s (%s); falling back to torch fp32", backend_name, dtype, path, exc)
         return TorchBackend(path, device=device, threads=intra_op_threads(settings))
     fidelity = backend.info.fidelity
-    if fidelity is not None and fidelity.lowest_mean_cosine < settings.min_fidelity:
-        message = (
-            f"{fidelity.mode} keeps a mean cosine of {fidelity.mean_cosine:.6f} (min {fidelity.min_cosine:.6f}) "
-            f"to {fidelity.reference} on the calibration set{_other_outputs(fidelity)}, below --min-fidelity "
-            f"{settings.min_fidelity}"
-        )
+    message = _guard_failure(fidelity, settings.min_fidelity) if fidelity is not None else None
+    if message is not None:
         if not automatic:
             raise FidelityTooLow(f"refusing {path}: {message}")
         log.warning("%s; falling back to torch fp32", message)
@@ -117,18 +118,17 @@ def build_backend(settings: Settings, path: Path) -> Backend:
     return backend
 
 
-# Kinds whose every output the ONNX graph and the fast modes' fidelity guard cover: the rest run exact.
-ONNX_KINDS = ("sentence-transformer", "bge-m3", "splade", "multi-vector")
-
-
-def _build_exact(kind: ModelKind, backend: str, dtype: str, settings: Settings, path: Path, device: str) -> Backend:
-    """Cross-encoders: torch fp32, until their scores have a fidelity guard of their own."""
-    explicit_backend = settings.backend != "auto"
-    if explicit_backend and backend != "torch":
-        raise ModelLoadError(f"{kind.name} models run on --backend torch (the ONNX backend serves {', '.join(ONNX_KINDS)})")
-    if settings.dtype != "auto" and dtype != "fp32":
-        raise ModelLoadError(f"{kind.name} models run in fp32 so far, not {dtype}")
-    return TorchBackend(path, device=device, threads=intra_op_threads(settings), dtype="fp32", kind=kind)
+def _guard_failure(fidelity: Fidelity, min_fidelity: float) -> str | None:
+    """Why a measured mode fails the fidelity bar, or None: a cross-encoder by its scores, any other
+    model by the lowest mean cosine of its outputs."""
+    if score_fidelity.is_score_fidelity(fidelity):
+        return score_fidelity.guard_failure(fidelity, min_fidelity)
+    if fidelity.lowest_mean_cosine >= min_fidelity:
+        return None
+    return (
+        f"{fidelity.mode} keeps a mean cosine of {fidelity.mean_cosine:.6f} (min {fidelity.min_cosine:.6f}) "
+        f"to {fidelity.reference} on the calibration set{_other_outputs(fidelity)}, below --min-fidelity {min_fidelity}"
+    )
 
 
 def _other_outputs(fidelity) -> str:
@@ -137,7 +137,10 @@ def _other_outputs(fidelity) -> str:
 
 
 def _try_cpu_bf16(settings: Settings, path: Path) -> Backend | None:
-    """Torch bf16 mixed precision if it keeps fp32's vectors and is clearly faster, else None."""
+    """Torch bf16 mixed precision if it keeps fp32's vectors and is clearly faster, else None.
+
+    A cross-encoder has no vectors: its bf16 must pass the score guard and keep every score within
+    AUTO_MAX_ABS_ERROR of fp32's (backends/score_fidelity.py)."""
     try:
         candidate = TorchBackend(path, device="cpu", threads=intra_op_threads(settings), dtype="bf16")
     except ModelLoadError:
@@ -146,21 +149,29 @@ def _try_cpu_bf16(settings: Settings, path: Path) -> Backend | None:
         log.info("bf16 not usable for %s (%s); using fp32", path, exc)
         return None
     fidelity, speedup = candidate.info.fidelity, candidate.info.speedup or 0.0
-    if fidelity.lowest_min_cosine >= AUTO_BF16_MIN_COSINE and speedup >= AUTO_BF16_MIN_SPEEDUP:
-        log.info("auto: torch bf16 for %s (min cosine %.6f to fp32, %.2fx fp32 speed)", path, fidelity.lowest_min_cosine, speedup)
+    if score_fidelity.is_score_fidelity(fidelity):
+        kept, measured = score_fidelity.auto_keeps(fidelity, settings.min_fidelity), score_fidelity.summary(fidelity)
+        needs = score_fidelity.auto_bar(fidelity, settings.min_fidelity)
+    else:
+        kept, measured = fidelity.lowest_min_cosine >= AUTO_BF16_MIN_COSINE, f"min cosine {fidelity.lowest_min_cosine:.6f}"
+        needs = AUTO_BF16_MIN_COSINE
+    if kept and speedup >= AUTO_BF16_MIN_SPEEDUP:
+        log.info("auto: torch bf16 for %s (%s to fp32, %.2fx fp32 speed)", path, measured, speedup)
         return candidate
     log.info(
-        "auto: fp32 for %s; bf16 kept min cosine %.6f (needs %s) at %.2fx speed (needs %s)",
-        path, fidelity.lowest_min_cosine, AUTO_BF16_MIN_COSINE, speedup, AUTO_BF16_MIN_SPEEDUP,
+        "auto: fp32 for %s; bf16 kept %s (needs %s) at %.2fx speed (needs %s)",
+        path, measured, needs, speedup, AUTO_BF16_MIN_SPEEDUP,
     )
     return None
 
 
 def _build(backend: str, dtype: str, device: str, settings: Settings, path: Path) -> Backend:
     if backend == "onnx":
-        from embedserve.backends.onnx_backend import OnnxBackend
-
-        return OnnxBackend(
+        if detect_kind(path).name == "cross-encoder":  # its graph is its whole classifier, judged by scores
+            from embedserve.backends.onnx_scoring import OnnxScoringBackend as onnx_class
+        else:
+            from embedserve.backends.onnx_backend import OnnxBackend as onnx_class
+        return onnx_class(
             path,
             threads=intra_op_threads(settings),
             dtype=dtype,

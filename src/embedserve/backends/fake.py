@@ -8,6 +8,7 @@ gives sparse term weights and per-token vectors that depend only on the token id
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import zlib
@@ -15,11 +16,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, SparseVector, TokenIds
+from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, SparseVector, Token, TokenIds
 from embedserve.backends.heads import l2_normalize, max_per_id
 from embedserve.models.tasks import Task
 
 CLS, SEP, PAD = 1, 2, 0
+_SPECIAL_IDS = {"[CLS]": CLS, "[SEP]": SEP, "[PAD]": PAD}
 
 
 class InjectedFault(RuntimeError):
@@ -38,6 +40,7 @@ class FakeBackend(Backend):
         prompts: dict[str, str] | None = None,
         tasks: frozenset[Task] = frozenset({Task.EMBED}),
         multivector_dimension: int = 4,
+        labels: Sequence[str] = (),
     ):
         self.info = ModelInfo(
             dimension=dimension,
@@ -51,7 +54,8 @@ class FakeBackend(Backend):
             tasks=tasks,
             kind="fake",
             multivector_dimension=multivector_dimension if Task.MULTIVECTOR in tasks else None,
-            score_labels=1 if Task.SCORE in tasks else None,
+            score_labels=(len(labels) or 1) if Task.SCORE in tasks else None,
+            labels=tuple(labels),
             multivector_similarity="maxsim" if Task.MULTIVECTOR in tasks else None,
         )
         self.pad_id = PAD
@@ -78,6 +82,12 @@ class FakeBackend(Backend):
         self._overhead = value
 
     def _word_id(self, word: str) -> int:
+        """A word's id from its hash; `t<id>` and `[CLS]`/`[SEP]`/`[PAD]` (how `decode` spells ids) are
+        those ids, so the fake's own ids decode and re-encode to themselves, as a real tokenizer's do."""
+        if word.startswith("t") and word[1:].isdigit() and 3 <= int(word[1:]) < self.info.vocab_size:
+            return int(word[1:])
+        if word in _SPECIAL_IDS:
+            return _SPECIAL_IDS[word]
         return 3 + zlib.crc32(word.encode()) % (self.info.vocab_size - 3)
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
@@ -128,7 +138,8 @@ class FakeBackend(Backend):
         if Task.MULTIVECTOR in tasks:
             out.multivector = [self.multivector_for(ids) for ids in rows]
         if Task.SCORE in tasks:
-            out.scores = np.array([[self.score_for(ids)] for ids in rows], dtype=np.float32)
+            labels = self.info.score_labels or 1
+            out.scores = np.array([self.vector_for(ids)[:labels] for ids in rows], dtype=np.float32)
         return out
 
     def tokenize_pairs(self, pairs, *, truncate: bool):
@@ -144,8 +155,12 @@ class FakeBackend(Backend):
         return ids, types
 
     def score_for(self, ids: TokenIds) -> float:
-        """A raw score from a pair's token ids alone."""
+        """A raw score from a pair's token ids alone (the first label's, with several)."""
         return float(self.vector_for(ids)[0])
+
+    def scores_for(self, ids: TokenIds) -> np.ndarray:
+        """Every label's raw score from a sequence's token ids alone."""
+        return self.vector_for(ids)[: self.info.score_labels or 1]
 
     def activate_scores(self, logits: np.ndarray) -> np.ndarray:
         return 1 / (1 + np.exp(-logits))
@@ -163,3 +178,17 @@ class FakeBackend(Backend):
 
     def token_texts(self, ids) -> list[str]:
         return [f"t{int(i)}" for i in ids]
+
+    def tokens(self, texts, *, add_special_tokens: bool) -> list[list[Token]]:
+        """One token per whitespace-separated word, with its offsets; [CLS]/[SEP] around it."""
+        out = []
+        for text in texts:
+            words = [Token(self._word_id(m[0]), m[0], False, m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+            out.append([Token(CLS, "[CLS]", True, None, None), *words, Token(SEP, "[SEP]", True, None, None)]
+                       if add_special_tokens else words)
+        return out
+
+    def decode(self, ids, *, skip_special_tokens: bool) -> list[str]:
+        names = {CLS: "[CLS]", SEP: "[SEP]", PAD: "[PAD]"}
+        return [" ".join(names[i] if i in names else f"t{i}" for i in seq if not (skip_special_tokens and i in names))
+                for seq in ids]

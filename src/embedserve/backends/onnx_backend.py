@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from embedserve.backends import fidelity
-from embedserve.backends.base import Backend, Batch, Fidelity, Outputs, TokenIds
+from embedserve.backends.base import Backend, Batch, Fidelity, Outputs, Token, TokenIds
 from embedserve.backends.heads import BgeM3Heads, sparse_rows
 from embedserve.backends.onnx_export import (
     GraphCache,
@@ -116,7 +116,7 @@ class OnnxBackend(Backend):
 
         def build(folder: Path) -> None:
             raw, optimized = folder / "raw.onnx", folder / "optimized.onnx"
-            export_encoder(self._torch.transformer_model, self._inputs, raw, splade=self._splade)
+            self._export(raw)
             optimize_graph(raw, optimized)
             if dtype == "int8":
                 choices = self._quantize(optimized, folder)
@@ -141,6 +141,9 @@ class OnnxBackend(Backend):
         self.fp32_layers = choices.get("fp32_layers", [])
         self.smoothing_alpha = choices.get("smoothing_alpha")
         return hit
+
+    def _export(self, raw: Path) -> None:
+        export_encoder(self._torch.transformer_model, self._inputs, raw, splade=self._splade)
 
     def _quantize(self, optimized: Path, folder: Path) -> dict:
         """Write the int8 graph to folder/model.onnx; returns the choices made on the way.
@@ -206,6 +209,12 @@ class OnnxBackend(Backend):
 
     def token_texts(self, ids: Sequence[int]) -> list[str]:
         return self._torch.token_texts(ids)
+
+    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[Token]]:
+        return self._torch.tokens(texts, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: Sequence[TokenIds], *, skip_special_tokens: bool) -> list[str]:
+        return self._torch.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def tokenize_role(self, texts: Sequence[str], *, truncate: bool, role: str) -> list[TokenIds]:
         return self._torch.tokenize_role(texts, truncate=truncate, role=role)

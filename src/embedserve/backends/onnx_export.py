@@ -150,17 +150,31 @@ class _SpladeForExport(torch.nn.Module):
         return torch.log1p(torch.relu((logits * mask).max(dim=1).values))
 
 
-def export_encoder(model: torch.nn.Module, input_names: Sequence[str], out: Path, *, splade: bool = False) -> None:
+class _ScoresForExport(_EncoderForExport):
+    """Positional inputs -> a sequence classifier's logits [batch, labels]: a cross-encoder's raw scores.
+
+    The whole model (encoder, pooler, classifier) is one graph, so a batch of pairs is one
+    session.run; the model's activation (sigmoid / softmax) runs after it, on its few floats.
+    """
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.input_names, inputs, strict=True))).logits
+
+
+def export_encoder(
+    model: torch.nn.Module, input_names: Sequence[str], out: Path, *, splade: bool = False, scores: bool = False
+) -> None:
     """Export with dynamic batch and sequence axes, so any batch shape runs.
 
     Traced with transformers' eager attention rather than SDPA: the SDPA trace adds NaN
     guards (IsNaN/Where) around every softmax and 30% more shape ops, and the eager graph
-    ran faster in ONNX Runtime (same vectors; docs/benchmarks.md).
+    ran faster in ONNX Runtime (same vectors; docs/benchmarks.md). `splade`: the graph pools
+    SPLADE term weights; `scores`: it is a whole sequence classifier (a cross-encoder's logits).
     """
-    wrapper = (_SpladeForExport if splade else _EncoderForExport)(model, input_names).eval()
+    wrapper = (_SpladeForExport if splade else _ScoresForExport if scores else _EncoderForExport)(model, input_names).eval()
     sample = tuple(torch.ones(2, 8, dtype=torch.long) for _ in input_names)
     axes = {name: {0: "batch", 1: "sequence"} for name in [*input_names, "last_hidden_state"]}
-    if splade:
+    if splade or scores:
         axes["last_hidden_state"] = {0: "batch"}  # the output keeps its name: one row per input
     previous = getattr(model.config, "_attn_implementation", None)
     switch = hasattr(model, "set_attn_implementation") and previous not in (None, "eager")

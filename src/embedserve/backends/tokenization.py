@@ -18,7 +18,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from embedserve.backends.base import TokenIds
+from embedserve.backends.base import Token, TokenIds
 from embedserve.backends.cutting import CutPlan, plan_cuts, settled
 
 # transformers warns on every input longer than model_max_length; we handle length ourselves.
@@ -149,3 +149,30 @@ class HFTokenizer:
     def token_texts(self, ids: Sequence[int]) -> list[str]:
         """Each id's text as the tokenizer decodes it alone (FlagEmbedding's `convert_id_to_token`)."""
         return [self._tok.decode([int(i)]) for i in ids]
+
+    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[Token]]:
+        """Every token of each text, untruncated (TEI's /tokenize): a special token's text is the
+        token itself and it has no offsets; any other's text is the stretch of the input it covers
+        (character offsets, as the Rust tokenizer's Python binding gives them)."""
+        if self._whole is None:
+            return [self._slow_tokens(text, add_special_tokens) for text in texts]
+        out = []
+        for text, encoding in zip(texts, self._whole.encode_batch(list(texts), add_special_tokens=add_special_tokens)):
+            out.append([
+                Token(i, token, True, None, None) if special else Token(i, text[start:stop], False, start, stop)
+                for i, token, special, (start, stop) in zip(
+                    encoding.ids, encoding.tokens, encoding.special_tokens_mask, encoding.offsets
+                )
+            ])
+        return out
+
+    def _slow_tokens(self, text: str, add_special_tokens: bool) -> list[Token]:
+        """A slow (Python) tokenizer has no offsets: each token's own text, no positions."""
+        ids = self._tok(text, add_special_tokens=add_special_tokens)["input_ids"]
+        special = set(self._tok.all_special_ids)
+        return [Token(i, token, i in special, None, None) for i, token in zip(ids, self._tok.convert_ids_to_tokens(ids))]
+
+    def decode(self, ids: Sequence[TokenIds], *, skip_special_tokens: bool) -> list[str]:
+        if self._whole is not None:
+            return self._whole.decode_batch([list(seq) for seq in ids], skip_special_tokens=skip_special_tokens)
+        return [self._tok.decode(list(seq), skip_special_tokens=skip_special_tokens) for seq in ids]

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedserve.backends import fidelity
-from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, TokenIds
+from embedserve.backends import fidelity, score_fidelity
+from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, Token, TokenIds
 from embedserve.backends.heads import BgeM3Heads, sparse_rows
 from embedserve.backends.multivector import MultiVectorHead
 from embedserve.backends.tokenization import HFTokenizer
@@ -108,6 +108,13 @@ def _multivector_similarity(kind: ModelKind, st) -> str | None:
     return str(getattr(st, "similarity_fn_name", None) or "maxsim")
 
 
+def _label_names(config) -> tuple[str, ...]:
+    """A classifier's label names in id order, from its config's id2label (transformers fills
+    `LABEL_i` for any it doesn't name)."""
+    names = getattr(config, "id2label", None) or {}
+    return tuple(str(names.get(i, names.get(str(i), f"LABEL_{i}"))) for i in range(int(config.num_labels)))
+
+
 def _loader(kind: ModelKind):
     import sentence_transformers as st
 
@@ -140,7 +147,7 @@ class TorchBackend(Backend):
         normalize = any(isinstance(m, Normalize) for m in modules[1:])
         pooling = next((_pooling_name(m) for m in self._poolers if "pool" in type(m).__name__.lower()), "none")
 
-        hf_tok = st.tokenizer
+        hf_tok = self._pair_tokenizer = st.tokenizer  # pairs: the tokenizer's own pair encoding (kept past release)
         config = getattr(self.transformer_model, "config", None)
         self._position_limit = usable_positions(config)
         limit = min(getattr(st, "max_seq_length", None) or self._position_limit, self._position_limit)
@@ -174,6 +181,7 @@ class TorchBackend(Backend):
             kind=kind.name,
             multivector_dimension=self._m3.colbert_dimension if self._m3 else self._mv.dimension if self._mv else None,
             score_labels=int(config.num_labels) if kind.name == "cross-encoder" else None,
+            labels=_label_names(config) if kind.name == "cross-encoder" else (),
             multivector_similarity=_multivector_similarity(kind, st),
         )
         if dtype != "fp32":
@@ -205,20 +213,19 @@ class TorchBackend(Backend):
         Linear layers hold bf16 weights and run under autocast (AMX / AVX512-BF16 matmuls),
         while layer norms, softmax and GELU stay fp32. Measured on all-MiniLM-L6-v2 over
         4,721 texts: every vector within cosine 0.99991 of fp32 (a full bf16 cast: 0.99986
-        over 3,763) at 2.3-2.9x the fp32 speed on a CPU with AMX.
+        over 3,763) at 2.3-2.9x the fp32 speed on a CPU with AMX. A cross-encoder is measured by
+        the scores it gives the calibration pairs instead (backends/score_fidelity.py).
         """
+        if self.kind.name == "cross-encoder":
+            result, speedup = score_fidelity.measure_reduced_precision(self, dtype, lambda: self._lower_precision(dtype))
+            self.info = replace(self.info, dtype=dtype, fidelity=result, speedup=round(speedup, 2))
+            return
         sequences = self.tokenize(fidelity.calibration_texts(), truncate=True)
         reference = fidelity.embed_all(sequences, self.embed, self.pad_id)  # also the warm-up
         extra = self.info.tasks & EXTRA_OUTPUTS
         reference_outputs = fidelity.encode_all(sequences, self.encode, extra, self.pad_id) if extra else None
         fp32_seconds = self._time(sequences)
-        if self.device == "cpu" and dtype == "bf16":
-            for module in self._encoder.modules():
-                if isinstance(module, torch.nn.Linear):
-                    module.to(torch.bfloat16)
-            self._autocast = torch.bfloat16
-        else:
-            self._encoder.to(TORCH_DTYPES[dtype])
+        self._lower_precision(dtype)
         fast = fidelity.embed_all(sequences, self.embed, self.pad_id)
         speedup = fp32_seconds / max(self._time(sequences), 1e-9)
         result = fidelity.compare(f"torch {dtype}", "torch fp32", fast, reference)
@@ -226,6 +233,15 @@ class TorchBackend(Backend):
             fast_outputs = fidelity.encode_all(sequences, self.encode, extra, self.pad_id)
             result = replace(result, outputs=fidelity.compare_outputs(fast_outputs, reference_outputs))
         self.info = replace(self.info, dtype=dtype, fidelity=result, speedup=round(speedup, 2))
+
+    def _lower_precision(self, dtype: str) -> None:
+        if self.device == "cpu" and dtype == "bf16":
+            for module in self._encoder.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.to(torch.bfloat16)
+            self._autocast = torch.bfloat16
+        else:
+            self._encoder.to(TORCH_DTYPES[dtype])
 
     def _time(self, sequences: list[TokenIds]) -> float:
         started = time.perf_counter()
@@ -255,6 +271,12 @@ class TorchBackend(Backend):
     def token_texts(self, ids: Sequence[int]) -> list[str]:
         return self._tokenizer.token_texts(ids)
 
+    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[Token]]:
+        return self._tokenizer.tokens(texts, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: Sequence[TokenIds], *, skip_special_tokens: bool) -> list[str]:
+        return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
     def features(self, batch: Batch) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(batch.input_ids).to(self.device)
         feats = {"input_ids": ids, "attention_mask": torch.from_numpy(batch.attention_mask).to(self.device)}
@@ -270,7 +292,7 @@ class TorchBackend(Backend):
     ) -> tuple[list[TokenIds], list[TokenIds] | None]:
         """Pairs as the model's tokenizer joins them; cut to the model's length by cutting only the
         document (a query longer than the model takes is cut as a last resort)."""
-        tokenizer = self._st.tokenizer
+        tokenizer = self._pair_tokenizer
         queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
         options = {"truncation": "only_second", "max_length": self.info.max_seq_length} if truncate else {}
         try:

@@ -93,6 +93,7 @@ class ModelPool:
         self._resolve_pool = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="resolve")
         self._build_pool = ThreadPoolExecutor(1, thread_name_prefix="load")
         self.memory_limit = memory_limit(settings)
+        self._alias_targets = settings.alias_targets()
 
     @property
     def models(self) -> list[LoadedModel]:
@@ -109,8 +110,16 @@ class ModelPool:
     def find(self, name: str) -> LoadedModel | None:
         return next((m for m in self._models.values() if m.matches(name)), None)
 
+    def aliased(self, name: str | None) -> str | None:
+        """The model `name` means: itself when a loaded model has that name, else the target of a
+        --model-alias (or a built-in one, such as OpenAI's model names: None is the default model)."""
+        if name is None or self.find(name) is not None:
+            return name
+        return self._alias_targets.get(name.lower(), name)
+
     def get(self, name: str | None) -> LoadedModel:
         """A loaded model by id or alias (any case); the default model when `name` is None."""
+        name = self.aliased(name)
         model = self.default_model if name is None else self.find(name)
         if model is not None:
             model.last_used = time.monotonic()
@@ -131,6 +140,7 @@ class ModelPool:
 
     async def get_or_load(self, name: str | None) -> LoadedModel:
         """`get`, loading the model a request names first when it is not loaded and on-demand loading is on."""
+        name = self.aliased(name)
         if name is None or self.find(name) is not None or not self.settings.load_on_demand or self._starting:
             return self.get(name)
         # A start-up model's name always means that model, whoever asks for it and however spelt.

@@ -64,25 +64,80 @@ def tokenize_inputs(
         else:
             sequences = backend.tokenize(texts, truncate=truncate)
     else:
-        for i, ids in enumerate(inputs):
-            bad = next((t for t in ids if not 0 <= t < info.vocab_size), None)
-            if bad is not None:
-                raise InvalidInput(
-                    f"input[{i}] has token id {bad}, outside the vocabulary of model '{model_id}' "
-                    f"(0..{info.vocab_size - 1})",
-                    param=f"input[{i}]",
-                )
+        check_token_ids(inputs, info.vocab_size, model_id)
         sequences = backend.wrap_ids(inputs, truncate=truncate)
     if not truncate:
-        for i, seq in enumerate(sequences):
-            if len(seq) > info.max_seq_length:
-                raise InvalidInput(
-                    # "at least": a long text is tokenized only as far as needed to know it is too long
-                    f"input[{i}] has at least {len(seq)} tokens; model '{model_id}' accepts at most "
-                    f"{info.max_seq_length} and truncation is off",
-                    param=f"input[{i}]",
-                )
+        check_lengths(sequences, info.max_seq_length, model_id)
     return sequences
+
+
+def check_token_ids(inputs: Sequence[Sequence[int]], vocab_size: int, model_id: str) -> None:
+    """422 naming the first input holding an id outside the model's vocabulary."""
+    for i, ids in enumerate(inputs):
+        bad = next((t for t in ids if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise InvalidInput(
+                f"input[{i}] has token id {bad}, outside the vocabulary of model '{model_id}' (0..{vocab_size - 1})",
+                param=f"input[{i}]",
+            )
+
+
+def check_lengths(sequences: Sequence[TokenIds], max_seq_length: int, model_id: str) -> None:
+    """422 naming the first sequence longer than the model takes (truncation off)."""
+    for i, seq in enumerate(sequences):
+        if len(seq) > max_seq_length:
+            raise InvalidInput(
+                # "at least": a long text is tokenized only as far as needed to know it is too long
+                f"input[{i}] has at least {len(seq)} tokens; model '{model_id}' accepts at most "
+                f"{max_seq_length} and truncation is off",
+                param=f"input[{i}]",
+            )
+
+
+def check_sequences(sequences: Sequence[Sequence[str]], max_inputs: int) -> None:
+    """`check_inputs` for a classifier's inputs, each one text or a pair: an error in the j-th text
+    of sequence i names `input[i][j]` (the param stays `input[i]`, the sequence)."""
+    check_inputs(sequences, max_inputs)
+    for i, sequence in enumerate(sequences):
+        try:
+            check_inputs(list(sequence), 2)
+        except InvalidInput as exc:
+            raise InvalidInput(exc.message.replace("input[", f"input[{i}][", 1), param=f"input[{i}]") from None
+
+
+def tokenize_sequences(
+    backend: Backend, model_id: str, sequences: Sequence[Sequence[str]], *, truncate: bool
+) -> tuple[list[TokenIds], list[TokenIds] | None]:
+    """Token ids (and segment ids) of a classifier's inputs: a pair as the tokenizer joins two texts
+    (`tokenize_pairs`), a single text alone, as the tokenizer encodes one sequence ([CLS] text [SEP],
+    all segment 0), never as a pair with an empty side, which would add a separator the model
+    never saw in training."""
+    ids: list[TokenIds] = [[] for _ in sequences]
+    types: list[TokenIds | None] = [None] * len(sequences)
+    singles = [i for i, sequence in enumerate(sequences) if len(sequence) == 1]
+    pairs = [i for i, sequence in enumerate(sequences) if len(sequence) == 2]
+    if singles:
+        for i, seq in zip(singles, backend.tokenize([sequences[i][0] for i in singles], truncate=truncate)):
+            ids[i], types[i] = seq, [0] * len(seq)
+    if pairs:
+        asked = [(sequences[i][0], sequences[i][1]) for i in pairs]
+        pair_ids, pair_types = backend.tokenize_pairs(asked, truncate=truncate)
+        for k, i in enumerate(pairs):
+            ids[i], types[i] = pair_ids[k], pair_types[k] if pair_types is not None else None
+    if not truncate:
+        check_lengths(ids, backend.info.max_seq_length, model_id)
+    # A model without segment ids (no pair gave any) takes none at all: the worker drops a batch's
+    # segments when any row has none, so singles' zeros never reach it alone.
+    return ids, (None if any(t is None for t in types) else types)  # type: ignore[return-value]
+
+
+def label_probabilities(logits: np.ndarray) -> np.ndarray:
+    """TEI's /predict activation: a softmax over the labels, or a sigmoid when there is one."""
+    logits = logits.astype(np.float64)
+    if logits.shape[1] == 1:
+        return (1 / (1 + np.exp(-logits))).astype(np.float32)
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def check_dimensions(dimensions: int | None, available: int, model_id: str) -> None:

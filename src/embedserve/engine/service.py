@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embedserve.backends.base import Outputs, SparseVector, TokenIds
+from embedserve.backends.base import ModelInfo, Outputs, SparseVector, Token, TokenIds
 from embedserve.engine import processing
 from embedserve.engine.model_pool import BackendFactory, LoadedModel, ModelPool
 from embedserve.engine.processing import Inputs
 from embedserve.engine.pending import DENSE
+from embedserve.engine.token_ids import readable_inputs
 from embedserve.engine.worker import EngineObserver
-from embedserve.errors import InvalidInput, Overloaded, TooManyTokens, WrongTask
+from embedserve.errors import InvalidInput, Overloaded, PayloadTooLarge, TooManyTokens, WrongTask
 from embedserve.models.families import InputType
 from embedserve.models.registry import ModelResolver
 from embedserve.models.tasks import Task, task_names
@@ -75,6 +76,12 @@ def require_tasks(model: LoadedModel, tasks: frozenset[Task]) -> None:
     for task in Task:
         if task in tasks and task not in have:
             raise WrongTask(model.id, _TASK_WORDS[task], task_names(have))
+
+
+def label_names(info: ModelInfo) -> tuple[str, ...]:
+    """A scoring model's label names in id order: its config's, else `LABEL_i` (transformers' default)."""
+    count = info.score_labels or 1
+    return info.labels if len(info.labels) == count else tuple(f"LABEL_{i}" for i in range(count))
 
 
 class EmbeddingService:
@@ -155,8 +162,11 @@ class EmbeddingService:
         backend = model.worker.backend
 
         def tokenize() -> tuple[list[TokenIds], None]:
+            readable = inputs
+            if not isinstance(inputs[0], str):  # the model's own ids, or OpenAI's cl100k ids of a text
+                readable = readable_inputs(backend, model.id, inputs, self.settings.token_ids)
             return processing.tokenize_inputs(
-                backend, model.id, inputs, prefix=prefix, truncate=truncate, role=role
+                backend, model.id, readable, prefix=prefix, truncate=truncate, role=role
             ), None
 
         outputs, tokens = await self._run(model, self._small(inputs), tokenize, tasks, role)
@@ -187,6 +197,71 @@ class EmbeddingService:
         )
         logits = outputs.scores
         return ScoreResult(model, logits if raw else backend.activate_scores(logits), tokens)
+
+    async def classify(
+        self, name: str | None, sequences: Sequence[Sequence[str]], *, raw: bool = False, truncate: bool | None = None
+    ) -> ScoreResult:
+        """Every label's score of each sequence (one text, or a pair) through a sequence classifier
+        (TEI's /predict): a softmax over the labels, a sigmoid for one label, unless `raw`."""
+        processing.check_sequences(sequences, self.settings.max_inputs)
+        model = await self.pool.get_or_load(name)
+        require_tasks(model, SCORE)
+        backend = model.worker.backend
+        truncate = self.settings.truncate if truncate is None else truncate
+        texts = [text for sequence in sequences for text in sequence]
+        outputs, tokens = await self._run(
+            model, self._small(texts),
+            lambda: processing.tokenize_sequences(backend, model.id, sequences, truncate=truncate), SCORE,
+        )
+        logits = outputs.scores
+        return ScoreResult(model, logits if raw else processing.label_probabilities(logits), tokens)
+
+    async def tokens(
+        self, name: str | None, texts: Sequence[str], *, add_special_tokens: bool = True, prompt_name: str | None = None
+    ) -> list[list[Token]]:
+        """Every token of each text (TEI's /tokenize), after the prompt the model would put first
+        (`prompt_name`'s, else its default). Nothing is truncated or queued, so a request is bounded
+        by --max-request-tokens twice: in characters before tokenizing (the Rust tokenizer's memory
+        grows with its input) and in tokens after."""
+        processing.check_inputs(texts, self.settings.max_inputs)
+        model = await self.pool.get_or_load(name)
+        prefix = model.prompts.prefix(None) if prompt_name is None else self._prompt(model, prompt_name)
+        texts = [prefix + text for text in texts] if prefix else list(texts)
+        chars, limit = sum(map(len, texts)), self.settings.max_request_tokens
+        if chars > limit:
+            raise PayloadTooLarge(
+                f"the texts hold {chars} characters; /tokenize reads at most {limit} per request (--max-request-tokens)",
+                param="input",
+            )
+        backend = model.worker.backend
+
+        def tokenize() -> list[list[Token]]:
+            return backend.tokens(texts, add_special_tokens=add_special_tokens)
+
+        result = tokenize() if self._small(texts) else await asyncio.to_thread(tokenize)
+        self._check_tokens(sum(map(len, result)))
+        return result
+
+    async def decode(
+        self, name: str | None, ids: Sequence[Sequence[int]], *, skip_special_tokens: bool = True
+    ) -> list[str]:
+        """The text of each id sequence as the model's tokenizer decodes it (TEI's /decode); an
+        empty sequence decodes to "". Ids outside the vocabulary are 422s naming the sequence."""
+        if len(ids) == 0:
+            raise InvalidInput("'input' must not be empty", param="input")
+        limit = self.settings.max_inputs
+        if len(ids) > limit:
+            raise InvalidInput(f"'input' has {len(ids)} items; at most {limit} are allowed per request", param="input")
+        self._check_tokens(sum(map(len, ids)))
+        model = await self.pool.get_or_load(name)
+        backend = model.worker.backend
+        processing.check_token_ids(ids, backend.info.vocab_size, model.id)
+
+        def decode() -> list[str]:
+            return backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+        small = sum(map(len, ids)) <= INLINE_TOKENIZE_CHARS // 4  # about as many ids as a small request's tokens
+        return decode() if small else await asyncio.to_thread(decode)
 
     async def _run(
         self,

@@ -32,6 +32,7 @@ WELL_FORMED = [
     {"input": [[1, 2], [3, 4, 5]]},
     {"input": "hello", "encoding_format": "base64"},
     {"input": ["hello", "world"], "dimensions": 4},
+    {"input": "hello", "dimensions": 0},
     {"input": "hello", "input_type": "query"},
     {"input": "hello", "user": "someone", "unknown_extra": {"x": 1}},
 ]
@@ -41,7 +42,7 @@ REFUSED_BY_THE_SERVICE = [
     {"input": ""},
     {"input": ["a", ""]},
     {"input": "hello", "model": "missing-model"},
-    {"input": "hello", "dimensions": 0},
+    {"input": "hello", "dimensions": -1},
     {"input": "hello", "dimensions": 10_000},
     {"input": [[1, 99_999]]},
     {"input": ["x"] * 5000},

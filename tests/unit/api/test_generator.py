@@ -304,7 +304,8 @@ def test_unload_with_an_empty_name_is_422(client):
     assert loaded(client) == [MODEL]
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/model/load"), ("GET", "/model/unload"), ("POST", "/")])
+# POST / is Text Embeddings Inference's root route (api/tei_root.py); GET / stays this API's.
+@pytest.mark.parametrize(("method", "path"), [("GET", "/model/load"), ("GET", "/model/unload"), ("PUT", "/")])
 def test_wrong_method_is_405(client, method, path):
     assert_error(client.request(method, path), 405)
 

@@ -116,10 +116,21 @@ def test_several_errors_are_counted(client):
         ([[5, 6], [7, 2**70]], "input[1]", 2**70),
     ],
 )
-def test_token_id_outside_vocabulary(client, value, where, bad):
+def test_token_id_outside_vocabulary_when_ids_are_the_models(make_client, value, where, bad):
+    client = make_client(token_ids="model")
     error = assert_openai_error(client.post(URL, json={"input": value}), 422, param=where, code="invalid_input")
     assert f"token id {bad}" in error["message"]
     assert "0..999" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("value", "where", "bad"),
+    [([200_000], "input[0]", 200_000), ([-1], "input[0]", -1), ([[5, 6], [7, 2**70]], "input[1]", 2**70)],
+)
+def test_ids_in_neither_vocabulary_are_refused_naming_both(client, value, where, bad):
+    error = assert_openai_error(client.post(URL, json={"input": value}), 422, param=where, code="invalid_input")
+    assert f"token id {bad}" in error["message"] and "0..999" in error["message"]
+    assert "cl100k_base" in error["message"] and "check_embedding_ctx_length=False" in error["message"]
 
 
 def test_largest_vocabulary_id_is_accepted(client):
