@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import AfterValidator, BaseModel, StrictStr, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, StrictStr, StringConstraints, ValidationError, WrapValidator
 
 from embedserve.engine.service import EmbeddingService, EmbedResult, EncodeResult
 from embedserve.errors import InvalidInput
@@ -35,6 +35,19 @@ def _right_only(value: str) -> str:
 TruncationDirection = Annotated[Literal["Right", "Left", "right", "left"], AfterValidator(_right_only)]
 
 _ITEM = re.compile(r"input\[(\d+)\]")
+
+
+def one_of(shapes: str) -> WrapValidator:
+    """For a field that takes one of several shapes (a text, a list, token ids...): one error that
+    names every shape it takes, instead of pydantic's one error per member of the union."""
+
+    def check(value, handler):
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(f"must be {shapes}") from None
+
+    return WrapValidator(check)
 
 
 def service(request: Request) -> EmbeddingService:

@@ -13,12 +13,11 @@ from pydantic import (
     Field,
     StrictInt,
     StrictStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
-from embedserve.api.compat import service
+from embedserve.api.compat import one_of, service
 from embedserve.api.responses import OrjsonResponse
 from embedserve.api.routing import DENSE_TASK, LOADS, Scope, declare
 from embedserve.engine.model_pool import LoadedModel
@@ -35,7 +34,7 @@ _INPUT_SHAPES = "a string, an array of strings, an array of token ids, or an arr
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    input: InputType = Field(description=f"Text to embed: {_INPUT_SHAPES}.")
+    input: Annotated[InputType, one_of(_INPUT_SHAPES)] = Field(description=f"Text to embed: {_INPUT_SHAPES}.")
     model: str | None = Field(None, description="Model id or alias; the first served model when omitted.")
     encoding_format: Literal["float", "base64"] = Field(
         "float", description="`base64` is little-endian float32, as the openai client requests by default."
@@ -52,13 +51,6 @@ class EmbeddingRequest(BaseModel):
         "else its family's, e.g. E5's `query: ` / `passage: `). Omitted: the model's default prompt, if any.",
     )
 
-    @field_validator("input", mode="wrap")
-    @classmethod
-    def _input_shape(cls, value: Any, handler):
-        try:
-            return handler(value)
-        except ValidationError:
-            raise ValueError(f"must be {_INPUT_SHAPES}") from None
 
     @field_validator("dimensions")
     @classmethod

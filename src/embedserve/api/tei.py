@@ -30,12 +30,10 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StrictStr,
-    ValidationError,
-    field_validator,
     model_validator,
 )
 
-from embedserve.api.compat import Text, TruncationDirection, encode_texts
+from embedserve.api.compat import Text, TruncationDirection, encode_texts, one_of
 from embedserve.api.responses import OrjsonResponse
 from embedserve.api.routing import LOADS, ErrorShape, Scope, declare
 from embedserve.models.tasks import Task
@@ -62,20 +60,13 @@ class TeiRequest(BaseModel):
 
 
 class EmbedRequest(TeiRequest):
-    inputs: Text | list[Text] | list[TokenId] | list[list[TokenId]] = Field(
+    inputs: Annotated[Text | list[Text] | list[TokenId] | list[list[TokenId]], one_of(_EMBED_SHAPES)] = Field(
         description=f"What to embed: {_EMBED_SHAPES}; ids are the model's own tokenizer's.",
         examples=[["What is Deep Learning?", "Hi"]],
     )
     normalize: StrictBool = Field(True, description="L2-normalise the vectors; false: the raw pooled vectors.")
     dimensions: StrictInt | None = Field(None, ge=1, description="Cut the vectors to this many dimensions (then renormalised).")
 
-    @field_validator("inputs", mode="wrap")
-    @classmethod
-    def _shape(cls, value: Any, handler):
-        try:
-            return handler(value)
-        except ValidationError:
-            raise ValueError(f"must be {_EMBED_SHAPES}") from None
 
     @model_validator(mode="after")
     def _prompt_needs_text(self):

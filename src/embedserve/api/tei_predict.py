@@ -24,11 +24,9 @@ from pydantic import (
     Field,
     StrictBool,
     StrictStr,
-    ValidationError,
-    field_validator,
 )
 
-from embedserve.api.compat import Text, TruncationDirection, relabel, service
+from embedserve.api.compat import Text, TruncationDirection, one_of, relabel, service
 from embedserve.api.responses import OrjsonResponse
 from embedserve.api.routing import LOADS, ErrorShape, Scope, declare
 from embedserve.engine.service import label_names
@@ -47,19 +45,14 @@ _EXAMPLES = {
 
 
 class PredictRequest(BaseModel):
-    inputs: Text | TextOrPair | Annotated[list[TextOrPair], Field(min_length=1)] = Field(description=f"What to classify: {_SHAPES}.")
+    inputs: Annotated[Text | TextOrPair | Annotated[list[TextOrPair], Field(min_length=1)], one_of(_SHAPES)] = Field(
+        description=f"What to classify: {_SHAPES}."
+    )
     truncate: StrictBool | None = Field(None, description="Cut inputs longer than the model takes; absent: --truncate.")
     truncation_direction: TruncationDirection = Field("Right", description="Which end to cut. Only `Right` is served.")
     raw_scores: StrictBool = Field(False, description="The model's raw logits instead of softmax (sigmoid for one label).")
     model: StrictStr | None = Field(None, description="Model id or alias (an embedserve extension); the default model when omitted.")
 
-    @field_validator("inputs", mode="wrap")
-    @classmethod
-    def _shape(cls, value: Any, handler):
-        try:
-            return handler(value)
-        except ValidationError:
-            raise ValueError(f"must be {_SHAPES}") from None
 
     def sequences(self) -> tuple[list[tuple[str, ...]], bool]:
         """The sequences to score, and whether the request was a batch (TEI's `PredictInput`)."""

@@ -19,7 +19,7 @@ for a sparse-only model).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from pydantic import (
@@ -27,12 +27,10 @@ from pydantic import (
     Field,
     StrictBool,
     StrictStr,
-    ValidationError,
-    field_validator,
 )
 
 from embedserve import __version__
-from embedserve.api.compat import Text, relabel, service
+from embedserve.api.compat import Text, one_of, relabel, service
 from embedserve.api.responses import OrjsonResponse
 from embedserve.api.routing import LOADING, ErrorShape, Scope, declare
 from embedserve.api.tei import TokenId
@@ -64,17 +62,10 @@ class SimpleToken(BaseModel):
 
 
 class DecodeRequest(BaseModel):
-    ids: list[TokenId] | list[list[TokenId]] = Field(description="Token ids, or a list of id lists.", examples=[[101, 3231, 102]])
+    ids: Annotated[list[TokenId] | list[list[TokenId]], one_of("a list of token ids (integers from 0), or a list of such lists")] = Field(description="Token ids, or a list of id lists.", examples=[[101, 3231, 102]])
     skip_special_tokens: StrictBool = Field(True, description="Leave out special tokens ([CLS], [SEP], padding).")
     model: StrictStr | None = Field(None, description="Model id or alias (an embedserve extension); the default model when omitted.")
 
-    @field_validator("ids", mode="wrap")
-    @classmethod
-    def _shape(cls, value: Any, handler):
-        try:
-            return handler(value)
-        except ValidationError:
-            raise ValueError("must be a list of token ids (integers from 0), or a list of such lists") from None
 
     def sequences(self) -> list[list[int]]:
         ids = self.ids
