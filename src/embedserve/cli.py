@@ -127,5 +127,15 @@ def models_command(url: str | None) -> None:
     _models(url)
 
 
+def _train_command() -> click.Command:
+    """`embedserve train`; importing it loads no torch (training runs in its own process)."""
+    from embedserve.training.cli_train import train_command
+
+    return train_command
+
+
+app.add_command(_train_command())
+
+
 if __name__ == "__main__":
     app()

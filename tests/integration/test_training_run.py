@@ -1,0 +1,111 @@
+"""`python -m embedserve.training.run` end to end on a tiny BERT: events, saved folders, resume, failure."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedserve.training.data import Pair
+from embedserve.training.defaults import defaults_for, prepare_job
+from embedserve.training.run import read_events
+from embedserve.training.spec import JobSpec
+from tests.support.tiny_models import COMMON_WORDS, build_bert_model
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    return build_bert_model(tmp_path_factory.mktemp("base") / "tiny-bert")
+
+
+def _pairs(n=40):
+    words = COMMON_WORDS
+    return [Pair(f"{words[i]} {words[i + 1]}", f"{words[i + 1]} {words[i + 2]} {words[i]}") for i in range(n)]
+
+
+def _job(tmp_path, base, method, **hp):
+    hyper = defaults_for(method, epochs=1, batch_size=8, **hp)
+    return prepare_job(
+        job_id="job1", job_dir=tmp_path / "job", name=f"tiny-{method}", base_model=str(base), base_name="tiny-bert",
+        method=method, train=_pairs(), validation=None, output_dir=tmp_path / "models" / f"tiny-{method}",
+        hyperparameters=hyper, threads=1,
+    )
+
+
+def _run(job_dir):
+    return subprocess.run([sys.executable, "-m", "embedserve.training.run", str(job_dir)], capture_output=True,
+                          text=True, timeout=300)
+
+
+def _check_events(spec):
+    events = read_events(Path(spec.job_dir) / "events.jsonl")
+    types = [e.type for e in events]
+    assert types[0] == "started" and types[-1] == "completed"
+    stages = [e.stage for e in events if e.type == "metrics"]
+    assert stages == ["before", "after"]
+    progress = [e for e in events if e.type == "progress"]
+    # 30 training pairs (10 held out) at batch 8: 4 steps
+    assert [e.step for e in progress] == [1, 2, 3, 4] and all(e.total_steps == 4 for e in progress)
+    assert all(e.loss is not None and e.loss >= 0 for e in progress)
+    assert events[-1].message == spec.output_dir and set(events[-1].metrics) == {"mrr@10", "recall@1"}
+    return events
+
+
+def test_full_job(tmp_path, tiny_base):
+    from sentence_transformers import SentenceTransformer
+
+    spec = _job(tmp_path, tiny_base, "full")
+    result = _run(spec.job_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _check_events(spec)
+    card = (tmp_path / "models" / "tiny-full" / "README.md").read_text()
+    assert "tiny-bert" in card and "training pairs: 30" in card and "mrr@10" in card
+    trained = SentenceTransformer(spec.output_dir).encode(["hello world"])
+    base = SentenceTransformer(str(tiny_base)).encode(["hello world"])
+    assert not np.allclose(trained, base)
+    assert not list((tmp_path / "models").glob(".*partial*"))
+
+
+def test_lora_job_saves_an_adapter_and_resumes(tmp_path, tiny_base):
+    from sentence_transformers import SentenceTransformer
+
+    from embedserve.training import peft_compat
+
+    spec = _job(tmp_path, tiny_base, "lora", learning_rate=1e-2)
+    result = _run(spec.job_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _check_events(spec)
+    folder = tmp_path / "models" / "tiny-lora"
+    assert (folder / "adapter_config.json").exists() and not (folder / "model.safetensors").exists()
+    assert json.loads((folder / "adapter_config.json").read_text())["r"] == 16
+
+    peft_compat.ensure()
+    texts = ["hello world", "the quick brown fox"]
+    loaded = SentenceTransformer(str(folder)).encode(texts)
+    base_plus_adapter = SentenceTransformer(str(tiny_base))
+    base_plus_adapter.load_adapter(str(folder))
+    np.testing.assert_allclose(loaded, base_plus_adapter.encode(texts), atol=1e-6)
+    assert not np.allclose(loaded, SentenceTransformer(str(tiny_base)).encode(texts), atol=1e-4)
+
+    # resume: a rerun of the job (as after a server restart) continues from its last checkpoint
+    resumed = dataclasses.replace(spec, resume=True, output_dir=str(tmp_path / "models" / "tiny-lora-2"))
+    resumed.write(tmp_path / "job" / "spec.json")
+    (tmp_path / "job" / "events.jsonl").unlink()
+    result = _run(spec.job_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = read_events(tmp_path / "job" / "events.jsonl")
+    assert any(e.type == "message" and "resuming from checkpoint-4" in e.message for e in events)
+    assert events[-1].type == "completed"
+
+
+def test_bad_base_fails_with_an_event(tmp_path):
+    spec = _job(tmp_path, tmp_path / "no-such-model", "full")
+    result = _run(spec.job_dir)
+    assert result.returncode == 1
+    events = read_events(tmp_path / "job" / "events.jsonl")
+    assert events[-1].type == "failed" and "no-such-model" in events[-1].error
+    assert not (tmp_path / "models" / "tiny-full").exists()
+    assert JobSpec.read(tmp_path / "job" / "spec.json") == spec
