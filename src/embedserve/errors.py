@@ -91,6 +91,14 @@ class ModelNotFound(EmbedServeError):
     detail: str | None = None
 
 
+class JobNotFound(EmbedServeError):
+    """No fine-tuning job by that id."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "job_not_found"
+
+
 class PayloadTooLarge(EmbedServeError):
     status = 413
     type = "invalid_request_error"
@@ -127,6 +135,27 @@ class Overloaded(EmbedServeError):
     def headers(self) -> dict[str, str]:
         spread = random.randint(self.retry_after * 500, self.retry_after * 1500)
         return {"Retry-After": str(self.retry_after), "retry-after-ms": str(spread)}
+
+
+class Conflict(EmbedServeError):
+    """The request contradicts the server's state: a name already taken, a job already finished."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class TooManyJobs(Overloaded):
+    """--max-train-jobs fine-tuning jobs are running already: retry once one has finished."""
+
+    code = "too_many_jobs"
+    retry_after = 30
+
+
+class TrainingDisabled(BadRequest):
+    """Fine-tuning needs --models-dir, where the trained models go and are served from."""
+
+    code = "training_disabled"
 
 
 class NotReady(EmbedServeError):

@@ -161,6 +161,17 @@ class Settings(BaseSettings):
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(("*",), description="Allowed CORS origins.")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    state_dir: Path = Field(
+        Path("~/.cache/embedserve/state").expanduser(),
+        description="Where fine-tuning jobs are kept (a SQLite database and one folder per job); they survive "
+        "restarts.",
+    )
+    train_threads: int = Field(
+        2, ge=1, description="CPU threads of each fine-tuning job's process (torch, OpenMP, BLAS, tokenizers)."
+    )
+    max_train_jobs: int = Field(
+        1, ge=1, description="Most fine-tuning jobs running at once; past it, 429."
+    )
     graceful_timeout: float = Field(
         30.0, ge=0, description="Seconds to finish in-flight requests after SIGTERM (0 = no limit)."
     )

@@ -17,6 +17,7 @@ from embedserve.backends.fake import FakeBackend
 from embedserve.models.tasks import Task
 from embedserve.settings import Settings
 from tests.conftest import FakeResolver, wait_ready
+from tests.support.training import fake_command
 
 OPEN = {"/health", "/ready", "/metrics"}
 BODIES = {  # a body each route would serve with the right key, so only the key can stop it
@@ -44,7 +45,11 @@ BODIES = {  # a body each route would serve with the right key, so only the key 
     "/v1/embed": {"texts": ["hello"]},
     "/score": {"queries": "hello", "documents": ["hello world", "cat"]},
     "/v1/score": {"text_1": "hello", "text_2": "hello world"},
+    "/fine-tune": {"text_content": "q\tp", "model_name": "walk-full"},
+    "/fine-tune-lora": {"text_content": "q\tp", "model_name": "walk-lora"},
+    "/v1/fine_tuning/jobs": {"model": "org/fake-model", "training_data": "q\tp", "suffix": "walk-ours"},
 }
+JOB = "walk-job"  # stands for a job's id in the paths; the authorised walk uses a real one
 PARAMS = {"/model/load": {"model_name": "org/other"}, "/model/unload": {"model_name": "org/fake-model"}}
 
 
@@ -64,7 +69,7 @@ def served_routes(app) -> list:
 
 def calls(routes) -> list[tuple[str, str, object]]:
     return [
-        (method, route.path.replace("{model:path}", "org/fake-model"), route)
+        (method, route.path.replace("{model:path}", "org/fake-model").replace("{job_id}", JOB), route)
         for route in routes
         for method in sorted(route.methods)
         if method != "HEAD"
@@ -85,8 +90,12 @@ def walk(tmp_path):
     backend, resolver = FakeBackend(tasks=frozenset(Task)), CountingResolver()  # every route's task
     keys = tmp_path / "keys.txt"
     keys.write_text("sk-embed embed\nsk-admin admin\n")
-    settings = Settings(models=("org/fake-model",), api_keys=("sk-all",), api_key_file=keys)
-    app = create_app(settings, backend_factory=lambda path: backend, resolver=resolver)
+    settings = Settings(
+        models=("org/fake-model",), api_keys=("sk-all",), api_key_file=keys, models_dir=tmp_path / "models",
+        state_dir=tmp_path / "state", max_train_jobs=8,
+    )
+    app = create_app(settings, backend_factory=lambda path: backend, resolver=resolver,
+                     training_command=fake_command("hang"))  # jobs wait, untrained, until the app stops
     with TestClient(app) as client:
         wait_ready(client)
         yield app, client, backend, resolver
@@ -141,9 +150,13 @@ def test_without_the_right_key_nothing_reaches_the_engine(walk, monkeypatch):
 def test_with_the_right_key_every_route_answers_without_auth_errors(walk):
     """The other half of the walk: the bodies above are served, so the 401s were the key's doing."""
     app, client, backend, _ = walk
+    job = client.post("/fine-tune", json={"text_content": "q\tp", "model_name": "walk-job"}, headers={"X-Api-Key": "sk-all"})
     for method, path, route in calls(served_routes(app)):
         if path == "/model/unload":
             continue  # would unload the model the other routes use; tests/unit/api covers it
+        path = path.replace(JOB, job.json()["job_id"])
+        if path.endswith("/resume"):  # only an interrupted job resumes
+            app.state.training.store.update(job.json()["job_id"], status="interrupted")
         r = send(client, method, path, {"Authorization": "Bearer sk-all"})
         assert r.status_code == 200, (method, path, r.status_code, r.text[:200])
     assert len(backend.batch_sizes) >= 6  # every embedding route (lane included) reached the engine

@@ -21,6 +21,7 @@ the model's vocabulary, `input_type` with token ids, more `dimensions` than the 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,12 +39,15 @@ from embedserve.models.tasks import Task
 from embedserve.errors import ModelNotFound, shown
 from embedserve.models.registry import ResolvedModel, aliases_for
 from embedserve.settings import Settings
+from tests.support.training import fake_command
 
 MODEL = "org/fake-model"  # served from start-up
 OTHER = "org/other-model"  # known to the resolver, loaded only on request
 KEY = "sk-test"
 # Generated requests per operation (fuzzing phase; examples and coverage cases come on top).
 # For a deeper local run: FUZZ_EXAMPLES=1000 FUZZ_SEED=7 (a seed turns derandomisation off).
+SCRATCH = tempfile.TemporaryDirectory(prefix="embedserve-fuzz-")  # every app's jobs and models
+JOB = "the-latest-job"  # in SUCCESS: the id of the job created last (`with_job`)
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 SEED = os.environ.get("FUZZ_SEED")
 
@@ -74,8 +78,15 @@ class FuzzResolver:
 
 
 def make_app(keys: bool, **overrides):
-    settings = Settings(models=(MODEL,), api_keys=(KEY,) if keys else (), **overrides)
-    return create_app(settings, backend_factory=lambda path: FakeBackend(tasks=frozenset(Task)), resolver=FuzzResolver())
+    """Fine-tuning on, into a fresh folder per app, with the fake trainer in its `hang` mode: a job
+    the fuzzer starts costs a waiting process (stopped with the app), never a training run."""
+    state = Path(tempfile.mkdtemp(prefix="fuzz-", dir=SCRATCH.name))
+    settings = Settings(
+        models=(MODEL,), api_keys=(KEY,) if keys else (), models_dir=state / "models", state_dir=state / "state",
+        max_train_jobs=4, **overrides,
+    )
+    return create_app(settings, backend_factory=lambda path: FakeBackend(tasks=frozenset(Task)), resolver=FuzzResolver(),
+                      training_command=fake_command("hang"))
 
 
 def fuzz_config(keys: bool) -> schemathesis.Config:
@@ -270,7 +281,27 @@ SUCCESS = [  # (operation, request), in order: OTHER is loaded before it is unlo
     ("POST /v1/embed", {"body": {"texts": ["hello world"], "embedding_types": ["int8"]}}),
     ("POST /score", {"body": {"queries": "hello", "documents": ["hello world", "cat"]}}),
     ("POST /v1/score", {"body": {"text_1": ["hello", "cat"], "text_2": ["hello world", "dog"]}}),
+    ("POST /fine-tune", {"body": {"text_content": "q\tp\nq2\tp2", "model_name": "tuned-full"}}),
+    ("GET /train-status/{job_id}", {"path_parameters": {"job_id": JOB}}),
+    ("POST /fine-tune-lora", {"body": {"text_content": "q\tp", "model_name": "tuned-lora", "r": 8, "use_qlora": True}}),
+    ("POST /v1/fine_tuning/jobs", {"body": {"model": MODEL, "training_data": [{"anchor": "q", "positive": "p"}], "method": "lora", "hyperparameters": {"n_epochs": 2}, "suffix": "tuned-ours"}}),
+    ("GET /v1/fine_tuning/jobs", {"query": {"limit": 2}}),
+    ("GET /v1/fine_tuning/jobs/{job_id}", {"path_parameters": {"job_id": JOB}}),
+    ("GET /v1/fine_tuning/jobs/{job_id}/events", {"path_parameters": {"job_id": JOB}}),
+    ("POST /v1/fine_tuning/jobs/{job_id}/cancel", {"path_parameters": {"job_id": JOB}}),
+    ("POST /v1/fine_tuning/jobs/{job_id}/resume", {"path_parameters": {"job_id": JOB}}),
 ]
+
+
+def with_job(served: Served, label: str, parts: dict) -> dict:
+    """`parts` with JOB replaced by the latest job's id (interrupted first, for /resume)."""
+    if parts.get("path_parameters", {}).get("job_id") != JOB:
+        return parts
+    training = served.app.app.state.training
+    job_id = training.list(limit=1)[0].id
+    if label.endswith("/resume"):
+        training.store.update(job_id, status="interrupted")
+    return {**parts, "path_parameters": {"job_id": job_id}}
 
 
 def operations(schema) -> dict[str, Any]:
@@ -289,6 +320,7 @@ def test_a_valid_request_to_every_operation_succeeds_as_documented(keys):
     served = Served(keys).start()
     try:
         for label, parts in SUCCESS:
+            parts = with_job(served, label, parts)
             case = by_label[label].Case(headers=dict(served.headers), **parts)
             response = case.call_and_validate(app=served.app)
             assert 200 <= response.status_code < 300, (label, response.status_code, response.text)
@@ -352,6 +384,18 @@ CAN_ANSWER: dict[str, set[int]] = {
     "POST /v1/embed": EMBEDS | {400, 404, 424, 504, 507},
     "POST /score": EMBEDS | {400, 404, 424, 504, 507},
     "POST /v1/score": EMBEDS | {400, 404, 424, 504, 507},
+    # fine-tuning: no --models-dir or a base without embed (400), unknown base or job (404), a name
+    # taken or a finished job (409), no valid pairs or a bad name (422), the job cap (429),
+    # resolving the base (424/504), not started (503)
+    "POST /fine-tune": {400, 404, 409, 422, 424, 429, 503, 504},
+    "POST /fine-tune-lora": {400, 404, 409, 422, 424, 429, 503, 504},
+    "GET /train-status/{job_id}": {400, 404, 503},
+    "POST /v1/fine_tuning/jobs": {400, 404, 409, 422, 424, 429, 503, 504},
+    "GET /v1/fine_tuning/jobs": {400, 503},
+    "GET /v1/fine_tuning/jobs/{job_id}": {400, 404, 503},
+    "GET /v1/fine_tuning/jobs/{job_id}/events": {400, 404, 503},
+    "POST /v1/fine_tuning/jobs/{job_id}/cancel": {400, 404, 409, 503},
+    "POST /v1/fine_tuning/jobs/{job_id}/resume": {400, 404, 409, 429, 503},
 }
 ERROR_REF = "#/components/schemas/ErrorResponse"
 TEI_ERROR_REF = "#/components/schemas/TeiErrorResponse"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -16,6 +16,7 @@ from embedserve.api import (
     encode, encodings, flask_compat, generator, hybrid, infinity, openai, ops, rerank, score, tei, vectorize,
 )
 from embedserve.api import cohere
+from embedserve.api import fine_tune, fine_tuning
 from embedserve.api import tei_predict, tei_root, tei_tools
 from embedserve.api.auth import AuthMiddleware, KeyStore
 from embedserve.api.embeddings_lane import EmbeddingsLane
@@ -29,6 +30,7 @@ from embedserve.engine.service import EmbeddingService
 from embedserve.metrics import Metrics
 from embedserve.models.registry import ModelResolver
 from embedserve.settings import Settings
+from embedserve.training.manager import JobManager
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,7 @@ ROUTERS = (
     openai.router, ops.router, flask_compat.router, generator.router, encode.router, vectorize.router,
     hybrid.router, tei.router, tei_predict.router, tei_tools.router, tei_root.router,
     encodings.router, rerank.router, score.router, infinity.router,
-    cohere.router,
+    cohere.router, fine_tune.router, fine_tuning.router,
 )
 
 
@@ -58,17 +60,20 @@ def create_app(
     resolver: ModelResolver | None = None,
     on_load_failure: Callable[[Exception], None] | None = None,
     embeddings_lane: bool = True,
+    training_command: Sequence[str] | None = None,
 ) -> FastAPI:
     """The app. Models load in the background after start-up so /health answers meanwhile.
 
     embeddings_lane: serve well-formed POST /v1/embeddings past FastAPI (api/embeddings_lane.py);
     off only in the test that checks both answer alike.
+    training_command: the fine-tuning runner (`python -m embedserve.training.run`); tests pass a fake.
     """
     metrics = Metrics()
     keys = KeyStore(settings)  # a bad key file stops start-up here, before any model loads
     service = EmbeddingService(
         settings, backend_factory or default_backend_factory(settings), resolver=resolver, observer=metrics
     )
+    training = JobManager(settings, command=training_command)
 
     async def load_all() -> None:
         try:
@@ -83,12 +88,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await training.start()  # marks jobs a previous server left running as interrupted
         loader = asyncio.create_task(load_all())
         app.state.loader = loader
         reload_keys_on_sighup(keys)
         yield
         app.state.draining = True
         loader.cancel()
+        await training.stop()  # running jobs are stopped and marked interrupted
         await service.pool.close()
 
     app = FastAPI(
@@ -110,6 +117,7 @@ def create_app(
     app.state.keys = keys
     app.state.service = service
     app.state.metrics = metrics
+    app.state.training = training
     app.state.ready = False
     app.state.draining = False
     app.state.load_error = None

@@ -181,6 +181,10 @@ class ModelPool:
                 await self._make_room(resolved)
             return await self._build(name, resolved, startup=startup, request=request)
 
+    async def resolve_request(self, name: str) -> ResolvedModel:
+        """Where a model a client names lives, under the request rules (--allow-models, no paths), without loading it."""
+        return await self._resolve(name, request=True)
+
     async def _resolve(self, name: str, request: bool) -> ResolvedModel:
         loop = asyncio.get_running_loop()
         if not request:
