@@ -64,31 +64,19 @@ class OnnxBackend(Backend):
         self, path: str | Path, *, threads: int = 0, dtype: str = "fp32", cache_dir: Path,
         quantization_target: float = 0.99,
     ):
-        if dtype not in ("fp32", "int8"):
-            raise ValueError(f"the ONNX backend runs fp32 or int8 on CPU, not {dtype}")
         path = Path(path)
-        self._torch = TorchBackend(path, device="cpu", threads=threads)
-        self.kind = self._torch.kind
+        self._start(path, threads, dtype, quantization_target)
         if self.kind.name not in ONNX_KINDS:
             raise ModelLoadError(
                 f"the ONNX backend serves {' and '.join(ONNX_KINDS)} models so far, and this is a {self.kind.name} "
                 "model: run it with --backend torch"
             )
-        self.pad_id = self._torch.pad_id
         self.uses_roles = self._torch.uses_roles
         self._mv = self._torch.multivector_head
         self._splade = self.kind.name == "splade"
         if self._splade:
             check_splade_pooling(self._torch)
-        self._inputs = [name for name in _GRAPH_INPUTS if name in self._torch.model_input_names]
-        self._threads = threads or physical_cores()
-        self._quantization_target = quantization_target
-        self.fp32_layers: list[str] = []
-        self.smoothing_alpha: float | None = None
-        key_settings = {"dtype": dtype, "inputs": self._inputs, "graph": "splade-max-first" if self._splade else "encoder"}
-        if dtype == "int8":
-            key_settings["quantization_target"] = quantization_target  # it decides which layers stay fp32
-        key = cache_key(path, key_settings)
+        key = self._graph_key(path, dtype, "splade-max-first" if self._splade else "encoder")
         self.cache = GraphCache(cache_dir)
         texts = fidelity.calibration_texts()
         # A multi-vector model has no pooled vector: it is judged token by token (on documents).
@@ -110,6 +98,26 @@ class OnnxBackend(Backend):
         self.info = replace(self.info, fidelity=result)
         self._torch.release_encoder()
         log.info("onnx %s graph %s (%s): %s", dtype, "from cache" if self.cache_hit else "built", key, result)
+
+    def _start(self, path: Path, threads: int, dtype: str, quantization_target: float) -> None:
+        """What every ONNX backend starts from: the torch model (the graph's source and the fp32
+        reference), the graph's inputs, and the int8 choices not yet made."""
+        if dtype not in ("fp32", "int8"):
+            raise ValueError(f"the ONNX backend runs fp32 or int8 on CPU, not {dtype}")
+        self._torch = TorchBackend(path, device="cpu", threads=threads)
+        self.kind = self._torch.kind
+        self.pad_id = self._torch.pad_id
+        self._inputs = [name for name in _GRAPH_INPUTS if name in self._torch.model_input_names]
+        self._threads = threads or physical_cores()
+        self._quantization_target = quantization_target
+        self.fp32_layers: list[str] = []
+        self.smoothing_alpha: float | None = None
+
+    def _graph_key(self, path: Path, dtype: str, graph: str) -> str:
+        settings = {"dtype": dtype, "inputs": self._inputs, "graph": graph}
+        if dtype == "int8":
+            settings["quantization_target"] = self._quantization_target  # it decides which layers stay fp32
+        return cache_key(path, settings)
 
     def _open(self, key: str, dtype: str) -> bool:
         """Load the cached graph, building it if missing; a corrupt entry is rebuilt once."""

@@ -27,10 +27,9 @@ import numpy as np
 
 from embedserve.backends import score_fidelity
 from embedserve.backends.base import Batch, Fidelity, Outputs, TokenIds
-from embedserve.backends.onnx_backend import _GRAPH_INPUTS, OnnxBackend
-from embedserve.backends.onnx_export import GraphCache, cache_key, export_encoder
+from embedserve.backends.onnx_backend import OnnxBackend
+from embedserve.backends.onnx_export import GraphCache, export_encoder
 from embedserve.backends.score_fidelity import CalibrationPairs
-from embedserve.backends.torch_backend import TorchBackend, physical_cores
 from embedserve.errors import ModelLoadError
 from embedserve.models.tasks import Task
 
@@ -47,29 +46,17 @@ class OnnxScoringBackend(OnnxBackend):
         self, path: str | Path, *, threads: int = 0, dtype: str = "fp32", cache_dir: Path,
         quantization_target: float = 0.99,
     ):
-        if dtype not in ("fp32", "int8"):
-            raise ValueError(f"the ONNX backend runs fp32 or int8 on CPU, not {dtype}")
         path = Path(path)
-        self._torch = TorchBackend(path, device="cpu", threads=threads)
-        self.kind = self._torch.kind
+        self._start(path, threads, dtype, quantization_target)
         if self.kind.name != "cross-encoder":
             raise ModelLoadError(f"OnnxScoringBackend serves cross-encoders, and this is a {self.kind.name} model")
         if self._torch.pooling_modules:
             # The graph is the transformer module's model alone; CrossEncoder would run these after it.
             names = ", ".join(type(m).__name__ for m in self._torch.pooling_modules)
             raise ModelLoadError(f"this cross-encoder has modules after its transformer ({names}): run it with --backend torch")
-        self.pad_id = self._torch.pad_id
         self.uses_roles = False
         self._mv, self._splade = None, False
-        self._inputs = [name for name in _GRAPH_INPUTS if name in self._torch.model_input_names]
-        self._threads = threads or physical_cores()
-        self._quantization_target = quantization_target
-        self.fp32_layers: list[str] = []
-        self.smoothing_alpha: float | None = None
-        key_settings = {"dtype": dtype, "inputs": self._inputs, "graph": "sequence-classification"}
-        if dtype == "int8":
-            key_settings["quantization_target"] = quantization_target  # it decides which layers stay fp32
-        key = cache_key(path, key_settings)
+        key = self._graph_key(path, dtype, "sequence-classification")
         self.cache = GraphCache(cache_dir)
         self._pairs = CalibrationPairs.tokenized(self._torch)
         self._reference = self._pairs.scores(self._torch_logits, self._torch.activate_scores)
