@@ -45,10 +45,12 @@ def make_client(fake_backend: FakeBackend):
     """make_client(**settings) -> a ready TestClient on the fake backend (one model, 'fake-model')."""
     clients: list[TestClient] = []
 
-    def factory(backend: FakeBackend | None = None, **overrides) -> TestClient:
+    def factory(backend: FakeBackend | None = None, *, training_command=None, **overrides) -> TestClient:
         settings = Settings(**{"models": ("org/fake-model",), **overrides})
         chosen = backend or fake_backend
-        app = create_app(settings, backend_factory=lambda path: chosen, resolver=FakeResolver())
+        app = create_app(
+            settings, backend_factory=lambda path: chosen, resolver=FakeResolver(), training_command=training_command
+        )
         client = TestClient(app)
         client.__enter__()
         clients.append(client)

@@ -2,37 +2,23 @@
 /fine-tune, /fine-tune-lora and /train-status, our /v1/fine_tuning/jobs, their bad inputs and scope."""
 
 import pytest
-from fastapi.testclient import TestClient
 
-from embedserve.api.app import create_app
 from embedserve.backends.fake import FakeBackend
 from embedserve.models.tasks import Task
-from embedserve.settings import Settings
 from embedserve.training.intake import default_hyperparameters
-from tests.conftest import FakeResolver, wait_ready
 from tests.support.training import fake_command, wait_for
 
 TSV = "Product A\tDescription of Product A\nProduct B\tDescription of Product B\nnot a pair\n"
 
 
 @pytest.fixture
-def make(tmp_path):
-    clients = []
-
+def make(make_client, tmp_path):
     def factory(mode="complete", tasks=frozenset({Task.EMBED}), **overrides):
         overrides.setdefault("models_dir", tmp_path / "models")
-        settings = Settings(models=("org/fake-model",), state_dir=tmp_path / "state", **overrides)
-        app = create_app(settings, backend_factory=lambda path: FakeBackend(tasks=tasks), resolver=FakeResolver(),
-                         training_command=fake_command(mode))
-        client = TestClient(app)
-        client.__enter__()
-        clients.append(client)
-        wait_ready(client)
-        return client
+        return make_client(FakeBackend(tasks=tasks), training_command=fake_command(mode),
+                           state_dir=tmp_path / "state", **overrides)
 
-    yield factory
-    for client in clients:
-        client.__exit__(None, None, None)
+    return factory
 
 
 def status(client, job_id):
