@@ -18,14 +18,19 @@ from embedserve.errors import BadRequest, InvalidInput
 Inputs = Sequence[str] | Sequence[Sequence[int]]
 
 
-def check_inputs(inputs: Inputs, max_inputs: int) -> None:
-    """422 for an empty request, too many inputs, an empty item or text that isn't Unicode."""
+def check_count(inputs: Sequence, max_inputs: int) -> None:
+    """422 for an empty request or more than `max_inputs` items."""
     if len(inputs) == 0:
         raise InvalidInput("'input' must not be empty", param="input")
     if len(inputs) > max_inputs:
         raise InvalidInput(
             f"'input' has {len(inputs)} items; at most {max_inputs} are allowed per request", param="input"
         )
+
+
+def check_inputs(inputs: Inputs, max_inputs: int) -> None:
+    """422 for an empty request, too many inputs, an empty item or text that isn't Unicode."""
+    check_count(inputs, max_inputs)
     for i, item in enumerate(inputs):
         if len(item) == 0:
             kind = "string" if isinstance(item, str) else "token list"

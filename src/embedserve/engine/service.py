@@ -247,11 +247,7 @@ class EmbeddingService:
     ) -> list[str]:
         """The text of each id sequence as the model's tokenizer decodes it (TEI's /decode); an
         empty sequence decodes to "". Ids outside the vocabulary are 422s naming the sequence."""
-        if len(ids) == 0:
-            raise InvalidInput("'input' must not be empty", param="input")
-        limit = self.settings.max_inputs
-        if len(ids) > limit:
-            raise InvalidInput(f"'input' has {len(ids)} items; at most {limit} are allowed per request", param="input")
+        processing.check_count(ids, self.settings.max_inputs)  # an empty id list is allowed: it decodes to ""
         self._check_tokens(sum(map(len, ids)))
         model = await self.pool.get_or_load(name)
         backend = model.worker.backend
