@@ -54,8 +54,7 @@ async def resolve_base(request: Request, name: str | None) -> tuple[str, str]:
     """(model id, folder) of the base a client names (the default model when None): a loaded
     model, else resolved under the request rules (--allow-models, never a path); 400 without embed."""
     pool = service(request).pool
-    name = pool.aliased(name)
-    model = pool.default_model if name is None else pool.find(name)
+    name, model = pool.lookup(name)
     if model is not None:
         model_id, path, tasks = model.id, model.path, model.info.tasks
     elif name is None:

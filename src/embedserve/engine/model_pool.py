@@ -110,17 +110,21 @@ class ModelPool:
     def find(self, name: str) -> LoadedModel | None:
         return next((m for m in self._models.values() if m.matches(name)), None)
 
-    def aliased(self, name: str | None) -> str | None:
-        """The model `name` means: itself when a loaded model has that name, else the target of a
-        --model-alias (or a built-in one, such as OpenAI's model names: None is the default model)."""
-        if name is None or self.find(name) is not None:
-            return name
-        return self._alias_targets.get(name.lower(), name)
+    def lookup(self, name: str | None) -> tuple[str | None, LoadedModel | None]:
+        """The name a request means and its loaded model (None: not loaded). A loaded model called
+        `name` wins; else a --model-alias (or built-in one, such as OpenAI's model names) maps it,
+        None meaning the default model. One pass over the loaded models when `name` is served."""
+        if name is None:
+            return None, self.default_model
+        model = self.find(name)
+        if model is not None or name.lower() not in self._alias_targets:
+            return name, model
+        target = self._alias_targets[name.lower()]
+        return target, self.default_model if target is None else self.find(target)
 
     def get(self, name: str | None) -> LoadedModel:
         """A loaded model by id or alias (any case); the default model when `name` is None."""
-        name = self.aliased(name)
-        model = self.default_model if name is None else self.find(name)
+        name, model = self.lookup(name)
         if model is not None:
             model.last_used = time.monotonic()
             return model
@@ -140,11 +144,14 @@ class ModelPool:
 
     async def get_or_load(self, name: str | None) -> LoadedModel:
         """`get`, loading the model a request names first when it is not loaded and on-demand loading is on."""
-        name = self.aliased(name)
-        if name is None or self.find(name) is not None or not self.settings.load_on_demand or self._starting:
-            return self.get(name)
+        target, model = self.lookup(name)
+        if model is not None:
+            model.last_used = time.monotonic()
+            return model
+        if target is None or not self.settings.load_on_demand or self._starting:
+            return self.get(name)  # the right 503 or 404
         # A start-up model's name always means that model, whoever asks for it and however spelt.
-        return await self.load(self._reserved.get(name.lower(), name), request=True)
+        return await self.load(self._reserved.get(target.lower(), target), request=True)
 
     async def load_all(self, names: Sequence[str]) -> None:
         """The start-up models; until each is in, requests get 503 (retryable), not 404."""
