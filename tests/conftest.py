@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,13 @@ from embedserve.api.app import create_app
 from embedserve.backends.fake import FakeBackend
 from embedserve.models.registry import ResolvedModel, aliases_for
 from embedserve.settings import Settings
+
+# torch.compile costs 10-25 s per model load on these 2-core machines, and the suite loads the
+# real default model in auto mode (which compiles its CPU bf16 encoder) in some 30 servers and
+# backends; at that price CI would pass 30 minutes. So the suite, and every server it starts
+# (they inherit this environment), runs eager unless a test asks otherwise:
+# tests/integration/test_torch_compile.py loads compiled models explicitly and checks them.
+os.environ.setdefault("EMBEDSERVE_TORCH_COMPILE", "off")
 
 
 class FakeResolver:

@@ -98,6 +98,8 @@ class ModelDescription(BaseModel):
     dtype: str
     fidelity: Fidelity | None
     speedup_vs_fp32: float | None
+    compiled: bool
+    compile_speedup: float | None  # compiled over eager on the calibration set, where compiling was tried
     weights_bytes: int | None
     resident_memory_bytes: int | None
     pooling: str
@@ -150,6 +152,8 @@ def describe(model: LoadedModel) -> dict[str, Any]:
         "dtype": info.dtype,
         "fidelity": info.fidelity.as_dict() if info.fidelity else None,
         "speedup_vs_fp32": info.speedup,
+        "compiled": info.compiled,
+        "compile_speedup": info.compile_speedup,
         "weights_bytes": info.weights_bytes,
         # growth of the process while this model loaded (the first model also pays for the libraries)
         "resident_memory_bytes": model.memory_bytes,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from embedserve.backends import score_fidelity
+from embedserve.backends import compiled, score_fidelity
 from embedserve.backends.base import Backend, Fidelity
 from embedserve.backends.torch_backend import TorchBackend, physical_cores, pick_device
 from embedserve.errors import FidelityTooLow, ModelLoadError
@@ -90,6 +90,7 @@ def single_threaded_numpy_blas() -> None:
 def build_backend(settings: Settings, path: Path) -> Backend:
     kind = detect_kind(path)  # refuses a folder that is no model we serve, before loading anything
     single_threaded_numpy_blas()
+    compiled.use_cache_dir(settings.cache_dir)
     device = pick_device(settings.device)
     backend_name, dtype = choose_mode(settings.backend, settings.dtype, device)
     if kind.name == "multi-vector" and backend_name == "torch" and dtype != "fp32":
@@ -142,7 +143,9 @@ def _try_cpu_bf16(settings: Settings, path: Path) -> Backend | None:
     A cross-encoder has no vectors: its bf16 must pass the score guard and keep every score within
     AUTO_MAX_ABS_ERROR of fp32's (backends/score_fidelity.py)."""
     try:
-        candidate = TorchBackend(path, device="cpu", threads=intra_op_threads(settings), dtype="bf16")
+        candidate = TorchBackend(
+            path, device="cpu", threads=intra_op_threads(settings), dtype="bf16", compile=settings.torch_compile
+        )
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001 - bf16 unsupported here: fp32 it is
@@ -178,4 +181,4 @@ def _build(backend: str, dtype: str, device: str, settings: Settings, path: Path
             cache_dir=settings.cache_dir,
             quantization_target=max(settings.min_fidelity, settings.int8_target),
         )
-    return TorchBackend(path, device=device, threads=intra_op_threads(settings), dtype=dtype)
+    return TorchBackend(path, device=device, threads=intra_op_threads(settings), dtype=dtype, compile=settings.torch_compile)

@@ -216,9 +216,12 @@ def quantization_measure(fidelity: Fidelity, target: float) -> float:
     return min(fidelity.mean_cosine, 1.0 - (1.0 - target) * error)
 
 
-def measure_reduced_precision(backend: Backend, dtype: str, lower: Callable[[], None]) -> tuple[Fidelity, float]:
-    """A torch cross-encoder's scores in fp32, then after `lower()` (bf16 / fp16): the fidelity of
-    the lowered model and its speed-up over fp32 on the calibration pairs."""
+def measure_reduced_precision(
+    backend: Backend, dtype: str, lower: Callable[[Callable[[], float]], None]
+) -> tuple[Fidelity, float]:
+    """A torch cross-encoder's scores in fp32, then after `lower(seconds)` (bf16 / fp16; `seconds()`
+    times the calibration pairs, for lower's own choices): the fidelity of the lowered model and its
+    speed-up over fp32 on the calibration pairs."""
     pairs = CalibrationPairs.tokenized(backend)
 
     def logits_of(batch: Batch) -> np.ndarray:
@@ -226,7 +229,7 @@ def measure_reduced_precision(backend: Backend, dtype: str, lower: Callable[[], 
 
     reference = pairs.scores(logits_of, backend.activate_scores)  # also the warm-up
     fp32_seconds = pairs.seconds(logits_of)
-    lower()
+    lower(lambda: pairs.seconds(logits_of))
     fast = pairs.scores(logits_of, backend.activate_scores)
     speedup = fp32_seconds / max(pairs.seconds(logits_of), 1e-9)
     return compare_scores(f"torch {dtype}", fast, reference, exact=False), speedup

@@ -16,14 +16,14 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from embedserve.backends import fidelity, score_fidelity
+from embedserve.backends import compiled, fidelity, score_fidelity
 from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, Token, TokenIds
 from embedserve.backends.heads import BgeM3Heads, sparse_rows
 from embedserve.backends.multivector import MultiVectorHead
@@ -124,7 +124,7 @@ def _loader(kind: ModelKind):
 class TorchBackend(Backend):
     def __init__(
         self, path: str | Path, *, device: str = "auto", threads: int = 0, dtype: str = "fp32",
-        kind: ModelKind | None = None,
+        kind: ModelKind | None = None, compile: str = "off",
     ):
         from sentence_transformers.base.modules.normalize import Normalize
 
@@ -143,6 +143,8 @@ class TorchBackend(Backend):
         modules = list(st.children())
         self._encoder = modules[0]
         self._autocast: torch.dtype | None = None  # CPU bf16: matmuls in bf16, the rest fp32
+        self._compile_mode = compile  # auto / on / off (backends/compiled.py)
+        self._compiled = None  # the torch.compile'd encoder, when it serves (run-only once warmed)
         self._poolers = [m for m in modules[1:] if not isinstance(m, Normalize)]
         normalize = any(isinstance(m, Normalize) for m in modules[1:])
         pooling = next((_pooling_name(m) for m in self._poolers if "pool" in type(m).__name__.lower()), "none")
@@ -186,6 +188,8 @@ class TorchBackend(Backend):
         )
         if dtype != "fp32":
             self._reduce_precision(dtype)
+        elif compile == "on":
+            self._compile(self._calibration_seconds())
         self.info = replace(self.info, weights_bytes=sum(p.numel() * p.element_size() for p in st.parameters()))
         log.info("loaded %s on %s: %s", path, self.device, self.info)
 
@@ -217,7 +221,9 @@ class TorchBackend(Backend):
         the scores it gives the calibration pairs instead (backends/score_fidelity.py).
         """
         if self.kind.name == "cross-encoder":
-            result, speedup = score_fidelity.measure_reduced_precision(self, dtype, lambda: self._lower_precision(dtype))
+            result, speedup = score_fidelity.measure_reduced_precision(
+                self, dtype, lambda seconds: self._lower_precision(dtype, seconds)
+            )
             self.info = replace(self.info, dtype=dtype, fidelity=result, speedup=round(speedup, 2))
             return
         sequences = self.tokenize(fidelity.calibration_texts(), truncate=True)
@@ -225,7 +231,7 @@ class TorchBackend(Backend):
         extra = self.info.tasks & EXTRA_OUTPUTS
         reference_outputs = fidelity.encode_all(sequences, self.encode, extra, self.pad_id) if extra else None
         fp32_seconds = self._time(sequences)
-        self._lower_precision(dtype)
+        self._lower_precision(dtype, lambda: self._time(sequences))
         fast = fidelity.embed_all(sequences, self.embed, self.pad_id)
         speedup = fp32_seconds / max(self._time(sequences), 1e-9)
         result = fidelity.compare(f"torch {dtype}", "torch fp32", fast, reference)
@@ -234,7 +240,9 @@ class TorchBackend(Backend):
             result = replace(result, outputs=fidelity.compare_outputs(fast_outputs, reference_outputs))
         self.info = replace(self.info, dtype=dtype, fidelity=result, speedup=round(speedup, 2))
 
-    def _lower_precision(self, dtype: str) -> None:
+    def _lower_precision(self, dtype: str, seconds: Callable[[], float]) -> None:
+        """Lower the precision, then compile the encoder where the compile setting asks (auto: CPU
+        bf16 only); `seconds()` times the calibration set, to decide whether compiling pays."""
         if self.device == "cpu" and dtype == "bf16":
             for module in self._encoder.modules():
                 if isinstance(module, torch.nn.Linear):
@@ -242,6 +250,43 @@ class TorchBackend(Backend):
             self._autocast = torch.bfloat16
         else:
             self._encoder.to(TORCH_DTYPES[dtype])
+        if self._compile_mode == "on" or (self._compile_mode == "auto" and self._autocast is not None):
+            self._compile(seconds)
+
+    def _calibration_seconds(self) -> Callable[[], float]:
+        """A timer of one pass over the calibration set (pairs for a cross-encoder)."""
+        if self.kind.name == "cross-encoder":
+            pairs = score_fidelity.CalibrationPairs.tokenized(self)
+            return lambda: pairs.seconds(lambda batch: self.encode(batch, frozenset({Task.SCORE})).scores)
+        sequences = self.tokenize(fidelity.calibration_texts(), truncate=True)
+        return lambda: self._time(sequences)
+
+    def _compile(self, seconds: Callable[[], float]) -> None:
+        """torch.compile the encoder, warm it on the calibration set and on one input, and keep it if
+        it compiled and (auto) runs the calibration set at least compiled.MIN_SPEEDUP faster."""
+        if self._mv is not None:  # its encoder mask is rebuilt per batch; not measured compiled yet
+            if self._compile_mode == "on":
+                raise ModelLoadError("--torch-compile on does not cover multi-vector models yet; use auto or off")
+            return
+        eager = compiled.best_of(seconds)
+        self._compiled = compiled.compile_module(self._encoder)
+        speedup, error = compiled.measure(eager, lambda: (seconds(), self.forward(self._one_input())), seconds)
+        if error is not None and self._compile_mode == "on":
+            raise ModelLoadError(f"torch.compile failed: {type(error).__name__}: {error}")
+        if error is not None or (self._compile_mode == "auto" and speedup < compiled.MIN_SPEEDUP):
+            log.info("keeping the eager encoder (compiled: %.2fx eager; auto needs %s)", speedup, compiled.MIN_SPEEDUP)
+            self._compiled = None
+        else:
+            self._compiled = compiled.run_only(self._encoder)
+        measured = round(speedup, 2) if error is None else None
+        self.info = replace(self.info, compiled=self._compiled is not None, compile_speedup=measured)
+
+    def _one_input(self) -> Batch:
+        """A batch of one input: dynamo gives size 1 its own graph, so warm-up compiles it too."""
+        if self.kind.name == "cross-encoder":
+            ids, types = self.tokenize_pairs([("warm-up query", "warm-up document")], truncate=True)
+            return Batch.from_ids(ids, self.pad_id, type_ids=types)
+        return Batch.from_ids(self.tokenize(["warm-up"], truncate=True), self.pad_id)
 
     def _time(self, sequences: list[TokenIds]) -> float:
         started = time.perf_counter()
@@ -318,7 +363,7 @@ class TorchBackend(Backend):
             expansion = self._mv.expansion_positions(batch)
             features["attention_mask"] = self._mv.encoder_mask(batch, expansion).to(self.device)
         with torch.inference_mode(), self._precision():
-            out = self._encoder(features)
+            out = (self._encoder if self._compiled is None else self._compiled)(features)
         if expansion is not None:
             out["query_expansion_positions"] = expansion.to(self.device)
         return out

@@ -325,7 +325,7 @@ def test_onnx_gets_the_cache_dir_dtype_threads_and_int8_target(monkeypatch, tmp_
 def test_torch_gets_the_device_dtype_and_threads(monkeypatch, torch_stub):
     backend = factory._build("torch", "bf16", "cuda:1", settings(threads=5), MODEL_PATH)
     assert isinstance(backend, TorchStub)
-    assert torch_stub.calls == [(MODEL_PATH, {"device": "cuda:1", "threads": 5, "dtype": "bf16"})]
+    assert torch_stub.calls == [(MODEL_PATH, {"device": "cuda:1", "threads": 5, "dtype": "bf16", "compile": "off"})]
 
 
 # ---- auto on a CPU with bf16 matmuls (AMX / AVX512-BF16) --------------------------------
@@ -364,7 +364,7 @@ def test_auto_on_a_bf16_cpu_serves_bf16_when_it_keeps_the_vectors_and_is_faster(
     bf16_torch["candidate"] = Bf16Candidate(min_cosine=0.99991, speedup=2.4)
     backend = build_backend(settings(threads=1), MODEL_PATH)
     assert backend is bf16_torch["candidate"]
-    assert bf16_torch["calls"] == [{"device": "cpu", "threads": 1, "dtype": "bf16"}]
+    assert bf16_torch["calls"] == [{"device": "cpu", "threads": 1, "dtype": "bf16", "compile": "off"}]
     assert built["calls"] == []  # no ONNX graph built for nothing
 
 
