@@ -99,6 +99,14 @@ class JobNotFound(EmbedServeError):
     code = "job_not_found"
 
 
+class FileNotFound(EmbedServeError):
+    """No uploaded file by that id (POST /v1/files)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "file_not_found"
+
+
 class PayloadTooLarge(EmbedServeError):
     status = 413
     type = "invalid_request_error"

@@ -178,6 +178,10 @@ class Settings(BaseSettings):
     max_train_jobs: int = Field(
         1, ge=1, description="Most fine-tuning jobs running at once; past it, 429."
     )
+    max_file_bytes: int = Field(
+        64 * 1024 * 1024, ge=1,
+        description="Largest training file POST /v1/files takes (kept under --state-dir); past it, 413.",
+    )
     graceful_timeout: float = Field(
         30.0, ge=0, description="Seconds to finish in-flight requests after SIGTERM (0 = no limit)."
     )

@@ -1,4 +1,5 @@
-"""`python -m embedserve.training.run` end to end on a tiny BERT: events, saved folders, resume, failure."""
+"""`python -m embedserve.training.run` end to end on a tiny BERT: events, saved folders, resume, failure;
+and `embedserve train`, the command line around it, as a user runs it."""
 
 import dataclasses
 import json
@@ -109,3 +110,39 @@ def test_bad_base_fails_with_an_event(tmp_path):
     assert events[-1].type == "failed" and "no-such-model" in events[-1].error
     assert not (tmp_path / "models" / "tiny-full").exists()
     assert JobSpec.read(tmp_path / "job" / "spec.json") == spec
+
+
+def test_the_train_command_trains_a_model_that_loads(tmp_path, tiny_base):
+    """`embedserve train` on a TSV file: exit 0, its progress on the terminal, a sentence-transformers
+    folder that loads and encodes, and a model card with the held-out metrics before and after."""
+    from click.testing import CliRunner
+    from sentence_transformers import SentenceTransformer
+
+    from embedserve.cli import app
+
+    data = tmp_path / "pairs.tsv"
+    data.write_text("".join(f"{p.anchor}\t{p.positive}\n" for p in _pairs()) + "a line without a tab\n")
+    models = tmp_path / "models"
+    result = CliRunner().invoke(app, ["train", "--base", str(tiny_base), "--data", str(data), "--name", "tiny-cli",
+                                      "--models-dir", str(models), "--batch-size", "8", "--epochs", "1"])
+    output = result.output  # stdout and stderr (the progress bar) as the terminal shows them
+    assert result.exit_code == 0, (output, result.exception)
+
+    folder = models / "tiny-cli"
+    assert "40 pairs (1 lines ignored)" in output
+    assert f"full fine-tuning of {tiny_base}" in output  # the runner's `started` event
+    assert "4/4" in output and "training" in output  # the progress bar reached the last of 4 steps
+    assert "before: MRR@10" in output and "after: MRR@10" in output
+    assert f"model saved to {folder.resolve()}" in output
+
+    vectors = SentenceTransformer(str(folder), device="cpu").encode(["hello world", "the quick brown fox"])
+    base = SentenceTransformer(str(tiny_base), device="cpu").encode(["hello world", "the quick brown fox"])
+    assert vectors.shape == base.shape and np.isfinite(vectors).all() and not np.allclose(vectors, base)
+    card = (folder / "README.md").read_text()
+    assert "training pairs: 30" in card and "held-out pairs: 10" in card
+    rows = {line.split("|")[1].strip(): line for line in card.splitlines() if line.startswith("| ") and "@" in line}
+    assert set(rows) == {"mrr@10", "recall@1"}
+    for row in rows.values():  # | metric | before | after |
+        before, after = (float(cell) for cell in row.strip("|").split("|")[1:3])
+        assert 0 <= before <= 1 and 0 <= after <= 1
+    assert [p.name for p in models.iterdir()] == ["tiny-cli"]  # no partial folder left

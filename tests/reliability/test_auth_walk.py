@@ -48,8 +48,11 @@ BODIES = {  # a body each route would serve with the right key, so only the key 
     "/fine-tune": {"text_content": "q\tp", "model_name": "walk-full"},
     "/fine-tune-lora": {"text_content": "q\tp", "model_name": "walk-lora"},
     "/v1/fine_tuning/jobs": {"model": "org/fake-model", "training_data": "q\tp", "suffix": "walk-ours"},
+    "/v1/files": {"purpose": "fine-tune", "file": ("walk.tsv", b"q\tp\n")},  # a form: see `send`
 }
+FORMS = {"/v1/files"}  # POSTed as a multipart form (a (filename, bytes) value is a file), not JSON
 JOB = "walk-job"  # stands for a job's id in the paths; the authorised walk uses a real one
+FILE = "walk-file"  # and a file's (a fresh one for each DELETE)
 PARAMS = {"/model/load": {"model_name": "org/other"}, "/model/unload": {"model_name": "org/fake-model"}}
 
 
@@ -69,7 +72,8 @@ def served_routes(app) -> list:
 
 def calls(routes) -> list[tuple[str, str, object]]:
     return [
-        (method, route.path.replace("{model:path}", "org/fake-model").replace("{job_id}", JOB), route)
+        (method, route.path.replace("{model:path}", "org/fake-model").replace("{job_id}", JOB)
+         .replace("{file_id}", FILE), route)
         for route in routes
         for method in sorted(route.methods)
         if method != "HEAD"
@@ -102,7 +106,13 @@ def walk(tmp_path):
 
 
 def send(client, method, path, headers):
-    return client.request(method, path, json=BODIES.get(path), params=PARAMS.get(path), headers=headers)
+    if method == "POST" and path in FORMS:
+        form = BODIES[path]
+        files = {k: v for k, v in form.items() if isinstance(v, tuple)}
+        data = {k: v for k, v in form.items() if k not in files}
+        return client.request(method, path, data=data, files=files, params=PARAMS.get(path), headers=headers)
+    body = None if path in FORMS else BODIES.get(path)  # GET /v1/files: no body
+    return client.request(method, path, json=body, params=PARAMS.get(path), headers=headers)
 
 
 def test_every_route_the_app_serves_declares_a_scope(walk):
@@ -151,10 +161,15 @@ def test_with_the_right_key_every_route_answers_without_auth_errors(walk):
     """The other half of the walk: the bodies above are served, so the 401s were the key's doing."""
     app, client, backend, _ = walk
     job = client.post("/fine-tune", json={"text_content": "q\tp", "model_name": "walk-job"}, headers={"X-Api-Key": "sk-all"})
+
+    def new_file() -> str:
+        return send(client, "POST", "/v1/files", {"X-Api-Key": "sk-all"}).json()["id"]
+
+    kept = new_file()
     for method, path, route in calls(served_routes(app)):
         if path == "/model/unload":
             continue  # would unload the model the other routes use; tests/unit/api covers it
-        path = path.replace(JOB, job.json()["job_id"])
+        path = path.replace(JOB, job.json()["job_id"]).replace(FILE, new_file() if method == "DELETE" else kept)
         if path.endswith("/resume"):  # only an interrupted job resumes
             app.state.training.store.update(job.json()["job_id"], status="interrupted")
         r = send(client, method, path, {"Authorization": "Bearer sk-all"})

@@ -48,6 +48,7 @@ KEY = "sk-test"
 # For a deeper local run: FUZZ_EXAMPLES=1000 FUZZ_SEED=7 (a seed turns derandomisation off).
 SCRATCH = tempfile.TemporaryDirectory(prefix="embedserve-fuzz-")  # every app's jobs and models
 JOB = "the-latest-job"  # in SUCCESS: the id of the job created last (`with_job`)
+FILE = "the-latest-file"  # in SUCCESS: the id of the file uploaded last (`with_job`)
 MAX_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "50"))
 SEED = os.environ.get("FUZZ_SEED")
 
@@ -290,11 +291,22 @@ SUCCESS = [  # (operation, request), in order: OTHER is loaded before it is unlo
     ("GET /v1/fine_tuning/jobs/{job_id}/events", {"path_parameters": {"job_id": JOB}}),
     ("POST /v1/fine_tuning/jobs/{job_id}/cancel", {"path_parameters": {"job_id": JOB}}),
     ("POST /v1/fine_tuning/jobs/{job_id}/resume", {"path_parameters": {"job_id": JOB}}),
+    ("POST /v1/files", {"body": {"file": b"q\tp\nq2\tp2\n", "purpose": "fine-tune"}}),
+    ("GET /v1/files", {"query": {"limit": 2, "purpose": "fine-tune"}}),
+    ("GET /v1/files/{file_id}", {"path_parameters": {"file_id": FILE}}),
+    ("POST /v1/fine_tuning/jobs", {"body": {"model": MODEL, "training_file": FILE, "suffix": "tuned-from-file"}}),
+    ("DELETE /v1/files/{file_id}", {"path_parameters": {"file_id": FILE}}),
 ]
 
 
 def with_job(served: Served, label: str, parts: dict) -> dict:
-    """`parts` with JOB replaced by the latest job's id (interrupted first, for /resume)."""
+    """`parts` with JOB replaced by the latest job's id (interrupted first, for /resume), FILE by
+    the latest file's."""
+    if FILE in (parts.get("path_parameters", {}).get("file_id"), parts.get("body", {}).get("training_file")):
+        file_id = served.app.app.state.training.files.list(limit=1)[0].id
+        if "body" in parts:
+            return {**parts, "body": {**parts["body"], "training_file": file_id}}
+        return {**parts, "path_parameters": {"file_id": file_id}}
     if parts.get("path_parameters", {}).get("job_id") != JOB:
         return parts
     training = served.app.app.state.training
@@ -396,6 +408,12 @@ CAN_ANSWER: dict[str, set[int]] = {
     "GET /v1/fine_tuning/jobs/{job_id}/events": {400, 404, 503},
     "POST /v1/fine_tuning/jobs/{job_id}/cancel": {400, 404, 409, 503},
     "POST /v1/fine_tuning/jobs/{job_id}/resume": {400, 404, 409, 429, 503},
+    # uploaded training files: no --models-dir (400), unknown id (404), over --max-file-bytes (413),
+    # not a fine-tune file of pairs (422), not started (503)
+    "POST /v1/files": {400, 413, 422, 503},
+    "GET /v1/files": {400, 503},
+    "GET /v1/files/{file_id}": {400, 404, 503},
+    "DELETE /v1/files/{file_id}": {400, 404, 503},
 }
 ERROR_REF = "#/components/schemas/ErrorResponse"
 TEI_ERROR_REF = "#/components/schemas/TeiErrorResponse"

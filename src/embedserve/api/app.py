@@ -16,7 +16,7 @@ from embedserve.api import (
     encode, encodings, flask_compat, generator, hybrid, infinity, openai, ops, rerank, score, tei, vectorize,
 )
 from embedserve.api import cohere
-from embedserve.api import fine_tune, fine_tuning
+from embedserve.api import files, fine_tune, fine_tuning
 from embedserve.api import tei_predict, tei_root, tei_tools
 from embedserve.api.auth import AuthMiddleware, KeyStore
 from embedserve.api.embeddings_lane import EmbeddingsLane
@@ -40,7 +40,7 @@ ROUTERS = (
     openai.router, ops.router, flask_compat.router, generator.router, encode.router, vectorize.router,
     hybrid.router, tei.router, tei_predict.router, tei_tools.router, tei_root.router,
     encodings.router, rerank.router, score.router, infinity.router,
-    cohere.router, fine_tune.router, fine_tuning.router,
+    cohere.router, fine_tune.router, fine_tuning.router, files.router,
 )
 
 
@@ -135,7 +135,10 @@ def create_app(
     if embeddings_lane:
         route = next(r for r in openai.router.routes if getattr(r, "endpoint", None) is openai.create_embeddings)
         app.add_middleware(EmbeddingsLane, state=app.state, route=route)
-    app.add_middleware(BodyMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout)
+    app.add_middleware(
+        BodyMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
+        route_limits={files.upload_file: files.upload_limit(settings)},  # a training file may be larger
+    )
     app.add_middleware(QueueFullMiddleware, service=service)
     app.add_middleware(AuthMiddleware, keys=keys, protect_metrics=settings.protect_metrics)
     app.add_middleware(

@@ -127,13 +127,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if exc.status_code == 400 and message == _FASTAPI_BODY_ERROR:
-            # FastAPI's own 400 for bodies json.loads can't take (not UTF-8, too deep, huge ints):
-            # the same client error as any other malformed JSON, so the same 422.
-            return error_response(
-                422, "request body is not valid JSON", "invalid_request_error", code="invalid_request",
-                scope=request.scope,
-            )
+        form = request.headers.get("content-type", "").lower().startswith("multipart/")
+        if exc.status_code == 400 and (message == _FASTAPI_BODY_ERROR or form):
+            # FastAPI's own 400 for bodies json.loads can't take (not UTF-8, too deep, huge ints), or
+            # Starlette's for a multipart form that does not parse (POST /v1/files): the same client
+            # error as any other malformed body, so the same 422.
+            if form:
+                why = "" if message == _FASTAPI_BODY_ERROR else f": {message}"
+                message = f"request body is not a valid multipart form{why}"
+            else:
+                message = "request body is not valid JSON"
+            return error_response(422, message, "invalid_request_error", code="invalid_request", scope=request.scope)
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route for {request.method} {request.url.path}"
         headers = exc.headers

@@ -1,6 +1,7 @@
 """BodyMiddleware: the request's body, and its client's presence while the request runs.
 
-It reads the whole body first: 413 past --max-body-bytes (declared or streamed), 408 when it
+It reads the whole body first: 413 past --max-body-bytes (declared or streamed; a route given its
+own limit in `route_limits`, POST /v1/files, past that), 408 when it
 takes longer than --body-timeout (a client trickling its body can't hold a request open), and
 nothing at all when the client disconnects before its body is complete (a cut-short body never
 runs). Then it replays the body to the app and, once the request has run WATCH_AFTER seconds,
@@ -18,6 +19,7 @@ cost ~20 us of the event loop per request.)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -30,6 +32,7 @@ from embedserve.api.middleware import (
     replay_body,
     send_error,
 )
+from embedserve.api.routing import ROUTE
 from embedserve.errors import BodyTimeout, PayloadTooLarge
 
 WATCH_AFTER = 0.05  # seconds a request runs before the disconnect of its client is watched for
@@ -93,23 +96,31 @@ class _Exchange:
 
 
 class BodyMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout: float = 60.0):
+    def __init__(
+        self, app: ASGIApp, *, max_body_bytes: int, body_timeout: float = 60.0,
+        route_limits: Mapping[Callable, int] | None = None,
+    ):
+        """`route_limits`: a route's endpoint -> the body limit for that route instead of `max_body_bytes`."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.body_timeout = body_timeout
+        self.route_limits = dict(route_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.max_body_bytes
+        if self.route_limits:
+            limit = self.route_limits.get(getattr(scope.get(ROUTE), "endpoint", None), limit)
         declared = header(scope, b"content-length")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._too_large(send, scope)
+        if declared.isdigit() and int(declared) > limit:
+            await self._too_large(send, scope, limit)
             return
         exchange = _Exchange(scope, receive, self.body_timeout)
         try:
             try:
-                body = await read_body(receive, limit=self.max_body_bytes)
+                body = await read_body(receive, limit=limit)
             except asyncio.CancelledError:
                 if not exchange.body_expired:
                     raise
@@ -119,7 +130,7 @@ class BodyMiddleware:
             except ClientDisconnected:
                 return  # nobody to answer, and a partial body must not run
             if body is None:
-                await self._too_large(send, scope)
+                await self._too_large(send, scope, limit)
                 return
             exchange.body_read()
             try:
@@ -131,8 +142,8 @@ class BodyMiddleware:
         finally:
             exchange.close()
 
-    async def _too_large(self, send: Send, scope: Scope) -> None:
-        message = f"request body is larger than the limit of {self.max_body_bytes} bytes"
+    async def _too_large(self, send: Send, scope: Scope, limit: int) -> None:
+        message = f"request body is larger than the limit of {limit} bytes"
         await send_error(send, PayloadTooLarge(message), scope=scope)
 
     async def _timed_out(self, send: Send, scope: Scope) -> None:

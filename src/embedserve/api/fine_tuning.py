@@ -4,7 +4,9 @@ The job object has OpenAI's shape where it fits (`id`, `object: fine_tuning.job`
 `fine_tuned_model`, `status` in OpenAI's words, `created_at`, `finished_at`, `hyperparameters`,
 `method`, `error`), plus what an embedding job measures: progress, steps, loss and MRR@10 /
 recall@1 before and after. Training data comes inline (`training_data`: TSV `query<TAB>passage`
-text, JSONL text, or a list of `{"anchor", "positive", "negative"?}`). `method: qlora` is refused
+text, JSONL text, or a list of `{"anchor", "positive", "negative"?}`) or, as OpenAI's clients send
+it, as an uploaded file's id (`training_file`, POST /v1/files: api/files.py), parsed alike; the
+same for `validation_data` / `validation_file`. `method: qlora` is refused
 (422, with the reason) where 4-bit training can't run; the Embedding Service's /fine-tune-lora
 falls back to LoRA instead (api/fine_tune.py). All of it needs the admin scope.
 
@@ -21,7 +23,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from embedserve.api.compat import service
 from embedserve.api.responses import OrjsonResponse
@@ -35,7 +37,7 @@ from embedserve.training.store import JobRecord
 
 router = APIRouter(tags=["Fine-tuning"])
 
-# What creating a job can answer: bad name/data (422), unknown base (404), a base without embed
+# What creating a job can answer: bad name/data (422), unknown base or file (404), a base without embed
 # or no --models-dir (400), name taken (409), the cap (429), resolving the base (424/503/504).
 CREATES = (400, 404, 409, 422, 424, 429, 503, 504)
 JOB = (404, 422, 503)  # reading a job: unknown id, a bad parameter, or training not started yet
@@ -104,11 +106,27 @@ class CreateJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: StrictStr = Field(min_length=1, description="The base model: a served or servable model name.")
-    training_data: TrainingData = Field(description="TSV `query<TAB>passage` or JSONL text, or a list of pairs.")
+    training_data: TrainingData | None = Field(
+        None, description="TSV `query<TAB>passage` or JSONL text, or a list of pairs (or `training_file`)."
+    )
+    training_file: StrictStr | None = Field(
+        None, min_length=1, description="An uploaded file's id (POST /v1/files), parsed as `training_data` is."
+    )
     validation_data: TrainingData | None = Field(None, description="Held-out pairs; else carved from the data.")
+    validation_file: StrictStr | None = Field(
+        None, min_length=1, description="An uploaded file's id holding the held-out pairs (or `validation_data`)."
+    )
     method: Literal["full", "lora", "qlora"] = "full"
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     suffix: StrictStr | None = Field(None, min_length=1, description="The result's model name.")
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> CreateJobRequest:
+        if (self.training_data is None) == (self.training_file is None):
+            raise ValueError("give the training pairs as 'training_data' or as 'training_file' (one of them)")
+        if self.validation_data is not None and self.validation_file is not None:
+            raise ValueError("give the validation pairs as 'validation_data' or as 'validation_file', not both")
+        return self
 
 
 class JobError(BaseModel):
@@ -171,6 +189,14 @@ def parse_data(data: str | list[PairItem], what: str) -> Parsed:
     return check_pairs(parsed, what)
 
 
+async def read_data(request: Request, data: str | list[PairItem] | None, file_id: str | None,
+                    what: str) -> Parsed | None:
+    """Pairs given inline (`<what>_data`) or by an uploaded file's id (`<what>_file`: 404 if unknown)."""
+    if file_id is not None:
+        return await asyncio.to_thread(manager(request).files.pairs, file_id, f"{what}_file")
+    return parse_data(data, f"{what}_data") if data is not None else None
+
+
 def job_object(job: JobRecord) -> dict[str, Any]:
     hp = job.hyperparameters
     hyper = {k: hp.get(v) for k, v in (("n_epochs", "epochs"), ("batch_size", "batch_size"),
@@ -215,8 +241,9 @@ async def create_job(request: Request, body: CreateJobRequest) -> Any:
     base_id, base_path = await resolve_base(request, body.model)
     name = body.suffix or f"{base_id.rstrip('/').split('/')[-1]}-ft-{uuid.uuid4().hex[:8]}"
     check_new_model_name(request, name)
-    train = parse_data(body.training_data, "training_data")
-    validation = parse_data(body.validation_data, "validation_data") if body.validation_data is not None else None
+    train = await read_data(request, body.training_data, body.training_file, "training")
+    validation = await read_data(request, body.validation_data, body.validation_file, "validation")
+    assert train is not None  # CreateJobRequest holds one source of training pairs
     hp, given = default_hyperparameters(body.method), body.hyperparameters
     changes = {
         "epochs": given.n_epochs, "batch_size": given.batch_size, "warmup_ratio": given.warmup_ratio,

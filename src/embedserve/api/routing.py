@@ -84,7 +84,7 @@ _DESCRIPTIONS = {
     404: "No such model here (`model_not_found`)",
     408: "The request body did not arrive within --body-timeout",
     409: "The request conflicts with the server's state: a model name already taken, a job already finished",
-    413: "Body over --max-body-bytes, or tokens over --max-request-tokens",
+    413: "Body over --max-body-bytes (a file over --max-file-bytes), or tokens over --max-request-tokens",
     422: "The body or a parameter is malformed, or the inputs can't be embedded",
     424: "The model was found but could not be loaded (`model_load_failed`)",
     429: "The model's queue is full (`queue_full`); retry after `Retry-After` seconds",

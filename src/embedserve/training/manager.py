@@ -35,6 +35,7 @@ from embedserve.errors import Conflict, JobNotFound, NotReady, TooManyJobs, Trai
 from embedserve.settings import Settings
 from embedserve.training.data import read_pairs
 from embedserve.training.defaults import prepare_job
+from embedserve.training.files import TrainingFiles
 from embedserve.training.intake import JobRequest, check_hyperparameters, check_name
 from embedserve.training.spec import Event, JobSpec
 from embedserve.training.store import ACTIVE, FINISHED, JobRecord, JobStore
@@ -72,6 +73,7 @@ class JobManager:
         self.stop_timeout = stop_timeout
         self.jobs_dir = settings.state_dir / "jobs"
         self.store: JobStore | None = None
+        self.files = TrainingFiles(settings, self._db)  # uploaded data (POST /v1/files), in the same store
         self._procs: dict[str, subprocess.Popen] = {}
         self._watchers: dict[str, asyncio.Task] = {}
         self._cancelled: set[str] = set()

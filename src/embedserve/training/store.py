@@ -1,4 +1,5 @@
-"""Fine-tuning jobs and their events, kept in SQLite under --state-dir so they survive restarts.
+"""Fine-tuning jobs, their events and uploaded training files, kept in SQLite under --state-dir so
+they survive restarts (a file's bytes live beside it, in `files/`: training/files.py).
 
 One connection, guarded by a lock: the server's event loop and the threads that may read the
 store (a route's worker thread) never use it at once. WAL journalling, so a reader never waits
@@ -54,6 +55,17 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class FileRecord:
+    """An uploaded file (POST /v1/files): its bytes are `<state-dir>/files/<id>`, never a client's path."""
+
+    id: str
+    filename: str  # as the client named it: metadata only
+    purpose: str
+    bytes: int
+    created_at: float
+
+
+@dataclass(frozen=True)
 class StoredEvent:
     id: int
     job_id: str
@@ -73,6 +85,13 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_job ON events (job_id, id);
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY,
+    filename TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    created_at REAL NOT NULL
+);
 """
 
 
@@ -148,6 +167,49 @@ class JobStore:
             StoredEvent(row["id"], row["job_id"], row["created_at"], row["type"], json.loads(row["data"]))
             for row in reversed(rows)
         ]
+
+    # ---- uploaded files ----------------------------------------------------------------------
+
+    def insert_file(self, record: FileRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO files (id, filename, purpose, bytes, created_at) VALUES (?, ?, ?, ?, ?)",
+                (record.id, record.filename, record.purpose, record.bytes, record.created_at),
+            )
+
+    def get_file(self, file_id: str) -> FileRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM files WHERE id = ?", (file_id,)).fetchone()
+        return _file(row) if row is not None else None
+
+    def list_files(
+        self, *, purpose: str | None = None, limit: int | None = None, newest_first: bool = True,
+        after: str | None = None,
+    ) -> list[FileRecord]:
+        """In upload order (newest first unless told otherwise), from the one after `after` when given."""
+        conditions, params = [], []
+        if purpose is not None:
+            conditions.append("purpose = ?")
+            params.append(purpose)
+        if after is not None:
+            conditions.append(f"rowid {'<' if newest_first else '>'} (SELECT rowid FROM files WHERE id = ?)")
+            params.append(after)
+        query = "SELECT * FROM files" + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
+        query += f" ORDER BY rowid {'DESC' if newest_first else 'ASC'}"
+        if limit is not None:
+            query += " LIMIT ?"
+            params.append(limit)
+        with self._lock:
+            rows = self._db.execute(query, params).fetchall()
+        return [_file(row) for row in rows]
+
+    def delete_file(self, file_id: str) -> bool:
+        with self._lock:
+            return self._db.execute("DELETE FROM files WHERE id = ?", (file_id,)).rowcount > 0
+
+
+def _file(row: sqlite3.Row) -> FileRecord:
+    return FileRecord(row["id"], row["filename"], row["purpose"], row["bytes"], row["created_at"])
 
 
 def _to_column(name: str, value: Any) -> Any:
