@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedserve.backends import compiled, fidelity, score_fidelity
+from embedserve.backends import compiled, fidelity, score_fidelity, shared_weights
 from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, Token, TokenIds
 from embedserve.backends.heads import BgeM3Heads, sparse_rows
+from embedserve.backends.model_config import label_names, multivector_similarity, pooling_name, usable_positions
 from embedserve.backends.multivector import MultiVectorHead
 from embedserve.backends.tokenization import HFTokenizer
 from embedserve.errors import ModelLoadError
@@ -76,45 +77,6 @@ def avoid_per_shape_attention_plans() -> None:
 
 EXTRA_OUTPUTS = frozenset({Task.SPARSE, Task.MULTIVECTOR})  # outputs beyond the dense vector, each with its own guard
 
-# Position ids of these architectures start after the padding index, so the first
-# padding_idx + 1 positions can never hold a token (RoBERTa, XLM-R: 514 positions, 512 tokens).
-_OFFSET_POSITION_MODELS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer",
-                           "data2vec-text", "ibert", "markuplm"}
-
-
-def usable_positions(config) -> int:
-    positions = getattr(config, "max_position_embeddings", None) or 512
-    if getattr(config, "model_type", None) in _OFFSET_POSITION_MODELS:
-        positions -= (getattr(config, "pad_token_id", None) or 1) + 1
-    return positions
-
-
-def _pooling_name(module: torch.nn.Module) -> str:
-    mode = getattr(module, "pooling_mode", None)
-    if isinstance(mode, str):
-        return mode
-    if isinstance(mode, (tuple, list)):
-        return "+".join(mode)
-    return type(module).__name__.lower()
-
-
-def _multivector_similarity(kind: ModelKind, st) -> str | None:
-    """How the model scores a query's vectors against a document's: BGE-M3 averages the best
-    matches (FlagEmbedding's colbert_score); a MultiVectorEncoder says which in its config."""
-    if Task.MULTIVECTOR not in kind.tasks:
-        return None
-    if kind.name == "bge-m3":
-        return "meanmaxsim"
-    return str(getattr(st, "similarity_fn_name", None) or "maxsim")
-
-
-def _label_names(config) -> tuple[str, ...]:
-    """A classifier's label names in id order, from its config's id2label (transformers fills
-    `LABEL_i` for any it doesn't name)."""
-    names = getattr(config, "id2label", None) or {}
-    return tuple(str(names.get(i, names.get(str(i), f"LABEL_{i}"))) for i in range(int(config.num_labels)))
-
-
 def _loader(kind: ModelKind):
     import sentence_transformers as st
 
@@ -147,7 +109,7 @@ class TorchBackend(Backend):
         self._compiled = None  # the torch.compile'd encoder, when it serves (run-only once warmed)
         self._poolers = [m for m in modules[1:] if not isinstance(m, Normalize)]
         normalize = any(isinstance(m, Normalize) for m in modules[1:])
-        pooling = next((_pooling_name(m) for m in self._poolers if "pool" in type(m).__name__.lower()), "none")
+        pooling = next((pooling_name(m) for m in self._poolers if "pool" in type(m).__name__.lower()), "none")
 
         hf_tok = self._pair_tokenizer = st.tokenizer  # pairs: the tokenizer's own pair encoding (kept past release)
         config = getattr(self.transformer_model, "config", None)
@@ -183,14 +145,18 @@ class TorchBackend(Backend):
             kind=kind.name,
             multivector_dimension=self._m3.colbert_dimension if self._m3 else self._mv.dimension if self._mv else None,
             score_labels=int(config.num_labels) if kind.name == "cross-encoder" else None,
-            labels=_label_names(config) if kind.name == "cross-encoder" else (),
-            multivector_similarity=_multivector_similarity(kind, st),
+            labels=label_names(config) if kind.name == "cross-encoder" else (),
+            multivector_similarity=multivector_similarity(kind, st),
         )
+        self._shared_bytes = 0
         if dtype != "fp32":
-            self._reduce_precision(dtype)
-        elif compile == "on":
-            self._compile(self._calibration_seconds())
-        self.info = replace(self.info, weights_bytes=sum(p.numel() * p.element_size() for p in st.parameters()))
+            self._reduce_precision(dtype)  # lowers, shares and compiles (where asked) in that order
+        else:
+            self._share_weights()
+            if compile == "on":
+                self._compile(self._calibration_seconds())
+        weights = sum(p.numel() * p.element_size() for p in st.parameters())
+        self.info = replace(self.info, weights_bytes=weights, shared_weights_bytes=self._shared_bytes)
         log.info("loaded %s on %s: %s", path, self.device, self.info)
 
     @property
@@ -250,8 +216,14 @@ class TorchBackend(Backend):
             self._autocast = torch.bfloat16
         else:
             self._encoder.to(TORCH_DTYPES[dtype])
+        self._share_weights()
         if self._compile_mode == "on" or (self._compile_mode == "auto" and self._autocast is not None):
             self._compile(seconds)
+
+    def _share_weights(self) -> None:
+        """Point weights other loaded models hold identically (a LoRA adapter's base) at their copy;
+        done before compiling, so compiled graphs are traced on the weights they will run on."""
+        self._shared_bytes = shared_weights.share(self._st)
 
     def _calibration_seconds(self) -> Callable[[], float]:
         """A timer of one pass over the calibration set (pairs for a cross-encoder)."""
