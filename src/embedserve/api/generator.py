@@ -101,6 +101,7 @@ class ModelDescription(BaseModel):
     compiled: bool
     compile_speedup: float | None  # compiled over eager on the calibration set, where compiling was tried
     weights_bytes: int | None
+    shared_weights_bytes: int  # of weights_bytes, the part held once with other loaded models
     resident_memory_bytes: int | None
     pooling: str
     normalize: bool
@@ -155,6 +156,7 @@ def describe(model: LoadedModel) -> dict[str, Any]:
         "compiled": info.compiled,
         "compile_speedup": info.compile_speedup,
         "weights_bytes": info.weights_bytes,
+        "shared_weights_bytes": info.shared_weights_bytes,
         # growth of the process while this model loaded (the first model also pays for the libraries)
         "resident_memory_bytes": model.memory_bytes,
         "pooling": info.pooling,

@@ -102,6 +102,7 @@ class ModelInfo:
     fidelity: Fidelity | None = None
     weights_bytes: int | None = None  # the one copy of the weights this backend holds
     speedup: float | None = None  # this mode's speed over fp32 on the calibration set, measured at load
+    shared_weights_bytes: int = 0  # of weights_bytes, held once with other loaded models (LoRA adapters' base)
     compiled: bool = False  # the encoder runs torch.compile'd (backends/compiled.py)
     compile_speedup: float | None = None  # compiled over eager on the calibration set, where it was tried
     tasks: frozenset[Task] = frozenset({Task.EMBED})

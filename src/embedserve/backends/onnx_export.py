@@ -9,6 +9,7 @@ is deleted and rebuilt by the caller.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -50,7 +51,20 @@ def model_fingerprint(path: Path) -> dict:
             files[str(relative)] = [stat.st_size, stat.st_mtime_ns]
     # A Hub snapshot folder is named by its commit: the revision pins the weights.
     revision = path.name if path.parent.name == "snapshots" else None
-    return {"path": str(path.resolve()), "revision": revision, "files": files}
+    fingerprint = {"path": str(path.resolve()), "revision": revision, "files": files}
+    base = adapter_base(path)
+    if base is not None and base.is_dir() and base.resolve() != path.resolve():
+        fingerprint["adapter_base"] = model_fingerprint(base)  # a LoRA adapter's graph holds its base's weights too
+    return fingerprint
+
+
+def adapter_base(path: Path) -> Path | None:
+    """The base model folder a LoRA adapter folder names (adapter_config.json), else None."""
+    try:
+        base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+    return Path(base) if isinstance(base, str) and base else None
 
 
 def cache_key(path: Path, settings: dict) -> str:
@@ -181,7 +195,7 @@ def export_encoder(
     if switch:
         model.set_attn_implementation("eager")
     try:
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), merged_adapters(model):
             torch.onnx.export(
                 wrapper,
                 sample,
@@ -195,6 +209,32 @@ def export_encoder(
     finally:
         if switch:
             model.set_attn_implementation(previous)
+
+
+@contextlib.contextmanager
+def merged_adapters(model: torch.nn.Module):
+    """LoRA layers merged into (copies of) their base weights while the model is traced.
+
+    Traced unmerged, each adapted Linear becomes three MatMuls and an Add; merged, it is the one
+    MatMul of the base model's graph, which the fusions and int8 then treat like any other. The
+    base weights are copied before merging because they may be shared with other loaded models
+    (backends/shared_weights.py); the copies are unmerged again afterwards.
+    """
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # no peft: no adapters to merge
+        yield
+        return
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.merged]
+    for layer in layers:
+        weight = layer.get_base_layer().weight
+        weight.data = weight.data.clone()
+        layer.merge()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.unmerge()
 
 
 # ONNX Runtime's session-time fusion that would undo split_bias_gelu (see there).

@@ -20,7 +20,7 @@ URL = "/embeddings"
 INFO_KEYS = {
     "model_name", "aliases", "source", "dimensions", "max_seq_length", "device", "backend", "pooling",
     "normalize", "family", "prefixes", "load_seconds", "loaded_at", "dtype", "fidelity", "resident_memory_bytes",
-    "weights_bytes", "speedup_vs_fp32", "kind", "tasks", "multivector_dimensions", "compiled", "compile_speedup",
+    "weights_bytes", "speedup_vs_fp32", "kind", "tasks", "multivector_dimensions", "compiled", "compile_speedup", "shared_weights_bytes",
 }  # fmt: skip
 
 
