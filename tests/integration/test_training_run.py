@@ -102,6 +102,35 @@ def test_lora_job_saves_an_adapter_and_resumes(tmp_path, tiny_base):
     assert events[-1].type == "completed"
 
 
+def test_qlora_job_trains_on_4_bit_base_weights_and_its_adapter_serves_on_the_full_base(tmp_path):
+    # bitsandbytes (a dependency) has a CPU backend: the job's base runs as 4-bit Linear4bit layers, whose
+    # inputs must fill its 64-value blocks (hidden size 64 here, as in every real model)
+    from sentence_transformers import SentenceTransformer
+
+    from embedserve.backends.base import Batch
+    from embedserve.backends.torch_backend import TorchBackend
+    from embedserve.training.run import qlora_support
+
+    assert qlora_support()[0], qlora_support()[1]
+    tiny_base = build_bert_model(tmp_path / "tiny-bert-64", hidden_size=64)
+    spec = _job(tmp_path, tiny_base, "qlora", learning_rate=1e-2)
+    result = _run(spec.job_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = _check_events(spec)
+    assert not any("plain LoRA" in (e.message or "") for e in events)
+    folder = tmp_path / "models" / "tiny-qlora"
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_base)
+    # served as QLoRA adapters are: applied to the base in full precision
+    texts = ["hello world", "the quick brown fox"]
+    backend = TorchBackend(folder, device="cpu", threads=1)
+    served = backend.embed(Batch.from_ids(backend.tokenize(texts, truncate=True), backend.pad_id))
+    expected = SentenceTransformer(str(folder)).encode(texts)
+    cos = (served * expected).sum(1) / np.linalg.norm(served, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cos.min() >= 0.9999
+    assert not np.allclose(expected, SentenceTransformer(str(tiny_base)).encode(texts), atol=1e-4)
+
+
 def test_bad_base_fails_with_an_event(tmp_path):
     spec = _job(tmp_path, tmp_path / "no-such-model", "full")
     result = _run(spec.job_dir)

@@ -191,6 +191,7 @@ def build_bert_model(
     architectures: Sequence[str] | None = None,
     initializer_range: float = INIT_RANGE,
     seed: int = 0,
+    hidden_size: int = HIDDEN,
 ) -> Path:
     """A tiny BERT (`BertModel`) sentence-transformers folder with a lower-casing WordPiece tokenizer.
 
@@ -198,7 +199,8 @@ def build_bert_model(
     none). `tokenizer_max_length`: the tokenizer's `model_max_length` (else transformers' "no
     limit" sentinel is saved, as for many Hub tokenizers). `prompts`: written to
     config_sentence_transformers.json (with `default_prompt_name`). `architectures`: overrides
-    `architectures` in config.json (the weights stay `BertModel`).
+    `architectures` in config.json (the weights stay `BertModel`). `hidden_size`: 64 where every Linear's
+    input must fill bitsandbytes' 64-value 4-bit blocks (QLoRA).
     """
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
@@ -213,7 +215,7 @@ def build_bert_model(
     config = BertConfig(
         vocab_size=len(vocab),
         pad_token_id=vocab["[PAD]"],
-        **_sizes(max_position_embeddings, initializer_range),
+        **{**_sizes(max_position_embeddings, initializer_range), "hidden_size": hidden_size},
     )
     return _save_model(
         folder,

@@ -114,6 +114,8 @@ def _load_model(spec: JobSpec):
     if not Path(spec.base_model).is_dir():
         raise FileNotFoundError(f"base model folder not found: {spec.base_model}")
     model = SentenceTransformer(spec.base_model, device="cpu", model_kwargs=model_kwargs or None)
+    if spec.method == "qlora":
+        _keep_4bit_layers_trainable(model)
     if spec.method in ("lora", "qlora"):
         from peft import LoraConfig, TaskType
 
@@ -131,6 +133,20 @@ def _load_model(spec: JobSpec):
             )
         )
     return model
+
+
+def _keep_4bit_layers_trainable(model) -> None:
+    """Turn off bitsandbytes' packed CPU inference format for the job's 4-bit layers.
+
+    On a CPU with AVX512-BF16, bitsandbytes 0.50 repacks a `Linear4bit`'s weights for a faster kernel
+    the first time it runs in eval mode without gradients, which a job does first (the held-out
+    metrics before training). That path then adds the bias in place and fails ("a view of a leaf
+    Variable that requires grad is being used in an in-place operation"), and the repacked weights
+    are meant for inference only. The standard 4-bit path trains and evaluates alike.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _progress_callback(events: EventWriter):

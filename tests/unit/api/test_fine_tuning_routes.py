@@ -25,7 +25,11 @@ def status(client, job_id):
     return client.get(f"/train-status/{job_id}").json()
 
 
-def test_the_embedding_service_requests_as_its_readme_shows(make, tmp_path):
+UNSUPPORTED = (False, "4-bit QLoRA needs bitsandbytes, which is not installed on this server")
+
+
+def test_the_embedding_service_requests_as_its_readme_shows(make, tmp_path, monkeypatch):
+    monkeypatch.setattr("embedserve.api.fine_tune.qlora_support", lambda: UNSUPPORTED)  # a device without 4-bit
     client = make()
     r = client.post("/fine-tune", json={"text_content": TSV, "model_name": "my-finetuned-model"})
     assert r.status_code == 200, r.text
@@ -42,7 +46,8 @@ def test_the_embedding_service_requests_as_its_readme_shows(make, tmp_path):
     job = client.get(f"/v1/fine_tuning/jobs/{job_id}").json()
     assert job["method"]["lora"] == {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": None}
     events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events").json()["data"]
-    assert any("QLoRA" in e["message"] and "plain LoRA" in e["message"] for e in events)  # no bitsandbytes here
+    assert any("QLoRA" in e["message"] and "plain LoRA" in e["message"] and UNSUPPORTED[1] in e["message"]
+               for e in events)
     assert any("1 lines ignored" in e["message"] for e in events)
     assert client.get("/train-status/nope").status_code == 404
 
@@ -86,11 +91,27 @@ def test_our_jobs_api_creates_lists_reads_events_and_cancels(make):
         ("/v1/fine_tuning/jobs", {"model": "org/fake-model", "training_data": TSV, "suffix": "../up"}, 422, "plain"),
     ],
 )
-def test_bad_inputs(make, path, body, code, says):
+def test_bad_inputs(make, path, body, code, says, monkeypatch):
+    monkeypatch.setattr("embedserve.api.fine_tuning.qlora_support", lambda: UNSUPPORTED)  # a device without 4-bit
     client = make()
     r = client.post(path, json=body)
     assert r.status_code == code, r.text
     assert says in r.text
+
+
+def test_qlora_where_4_bit_training_runs(make, monkeypatch):
+    supported = (True, "bitsandbytes 0.50.2 4-bit")
+    monkeypatch.setattr("embedserve.api.fine_tune.qlora_support", lambda: supported)
+    monkeypatch.setattr("embedserve.api.fine_tuning.qlora_support", lambda: supported)
+    client = make(max_train_jobs=2)
+    r = client.post("/fine-tune-lora", json={"text_content": TSV, "model_name": "my-qlora", "use_qlora": True})
+    assert r.status_code == 200 and r.json()["type"] == "lora", r.text
+    job = client.get(f"/v1/fine_tuning/jobs/{r.json()['job_id']}").json()
+    assert job["method"]["type"] == "qlora"
+    events = client.get(f"/v1/fine_tuning/jobs/{r.json()['job_id']}/events").json()["data"]
+    assert not any("plain LoRA" in e["message"] for e in events)
+    r = client.post("/v1/fine_tuning/jobs", json={"model": "org/fake-model", "training_data": TSV, "method": "qlora"})
+    assert r.status_code in (200, 201) and r.json()["method"]["type"] == "qlora", r.text
 
 
 def test_a_taken_name_a_base_without_embed_and_no_models_dir(make, tmp_path):
