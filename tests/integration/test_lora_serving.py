@@ -95,7 +95,9 @@ def test_two_adapters_and_their_base_are_served_at_once_sharing_the_base_weights
         assert cosines(expected(models["one"]), expected(models["two"])).min() < 0.99
         info = described(client)
     base, one, two = (info[str(models[n])] for n in ("base", "one", "two"))
-    assert base["shared_weights_bytes"] == 0  # loaded first: the copy the others point at
+    # loaded first, it is the copy the others point at (only tensors that happen to equal another loaded
+    # model's, such as freshly initialised LayerNorms of other tiny test models, can be shared already)
+    assert base["shared_weights_bytes"] < base["weights_bytes"] // 10
     for adapter in (one, two):
         lora_bytes = adapter["weights_bytes"] - base["weights_bytes"]
         assert 0 < lora_bytes < base["weights_bytes"] // 10  # the adapter's own weights are small...

@@ -220,11 +220,11 @@ def merged_adapters(model: torch.nn.Module):
     base weights are copied before merging because they may be shared with other loaded models
     (backends/shared_weights.py); the copies are unmerged again afterwards.
     """
-    try:
-        from peft.tuners.tuners_utils import BaseTunerLayer
-    except ImportError:  # no peft: no adapters to merge
-        yield
+    if not any("lora_" in name for name, _ in model.named_modules()):
+        yield  # no adapter: peft is not even imported
         return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer) and not m.merged]
     for layer in layers:
         weight = layer.get_base_layer().weight
