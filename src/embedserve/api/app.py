@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 
@@ -119,6 +120,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.training = training
     app.state.ready = False
+    app.state.started_at = time.monotonic()  # /health's uptime
     app.state.draining = False
     app.state.load_error = None
     install_error_handlers(app)

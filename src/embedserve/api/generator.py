@@ -111,21 +111,34 @@ class ModelDescription(BaseModel):
     loaded_at: float
 
 
-class ModelInfoResponse(ModelDescription):
+class GeneratorModelKeys(BaseModel):
+    """The Embeddings Generator's own /model/info keys, kept beside ours for its clients."""
+
+    model_type: str
+    embedding_dimensions: int
+    max_sequence_length: int
+    is_loaded: bool
+
+
+class ModelInfoResponse(ModelDescription, GeneratorModelKeys):
     loaded_models: list[ModelDescription]
 
 
 class LoadResponse(ModelDescription):
     status: Literal["loaded", "already_loaded"]
+    message: str  # the Embeddings Generator's answer: "Model <name> loaded successfully"
 
 
 class UnloadResponse(BaseModel):
-    status: Literal["unloaded"]
-    model_name: str
+    status: Literal["unloaded", "nothing_loaded"]
+    message: str  # the Embeddings Generator's answer
+    model_name: str | None  # None: no model was loaded (200, as the Embeddings Generator answers)
     loaded_models: list[str]
 
 
 class ApiInfo(BaseModel):
+    message: str  # the Embeddings Generator's root keys: message, docs, health
+    health: str
     name: str
     version: str
     description: str
@@ -189,6 +202,8 @@ async def root(request: Request) -> Any:
     default = svc.pool.default_model
     return OrjsonResponse(
         {
+            "message": f"{app.title} API",
+            "health": "/health",
             "name": app.title,
             "version": __version__,
             "description": app.description,
@@ -264,8 +279,16 @@ async def generate(body: GenerateRequest, request: Request) -> OrjsonResponse:
 async def model_info(request: Request) -> Any:
     svc = service(request)
     # default_model rather than get(): looking must not count as use for LRU eviction.
-    current = svc.pool.default_model or svc.pool.get(None)  # get(None) raises the right 404/503
-    return OrjsonResponse({**describe(current), "loaded_models": [describe(m) for m in svc.pool.models]})
+    current = svc.pool.default_model or svc.pool.get(None)  # get(None) raises the right 503
+    generator_keys = {
+        "model_type": current.info.kind,  # "sentence-transformer" for an embedder, as the Embeddings Generator says
+        "embedding_dimensions": current.info.dimension,
+        "max_sequence_length": current.info.max_seq_length,
+        "is_loaded": True,
+    }
+    return OrjsonResponse(
+        {**describe(current), **generator_keys, "loaded_models": [describe(m) for m in svc.pool.models]}
+    )
 
 
 @router.post(
@@ -287,7 +310,9 @@ async def load_model(
         if not svc.settings.load_on_demand:
             exc = ModelNotFound(f"{exc.message}; loading models is turned off (--no-load-on-demand)")
         raise as_model_name_error(exc) from None
-    return OrjsonResponse({"status": "already_loaded" if already else "loaded", **describe(model)})
+    status = "already_loaded" if already else "loaded"
+    message = f"Model {model_name} {'was already loaded' if already else 'loaded successfully'}"
+    return OrjsonResponse({"status": status, "message": message, **describe(model)})
 
 
 @router.post(
@@ -301,10 +326,15 @@ async def unload_model(
     model_name: Annotated[str | None, Query(min_length=1, description="Loaded model id or alias.")] = None,
 ) -> Any:
     svc = service(request)
+    if model_name is None and svc.pool.default_model is None:  # the Embeddings Generator: 200, nothing to do
+        return OrjsonResponse(
+            {"status": "nothing_loaded", "message": "No model was loaded", "model_name": None, "loaded_models": []}
+        )
     try:
         model = await svc.pool.unload(model_name)
     except ModelNotFound as exc:
         raise as_model_name_error(exc) from None
-    return OrjsonResponse(
-        {"status": "unloaded", "model_name": model.id, "loaded_models": [m.id for m in svc.pool.models]}
-    )
+    return OrjsonResponse({
+        "status": "unloaded", "message": "Model unloaded successfully", "model_name": model.id,
+        "loaded_models": [m.id for m in svc.pool.models],
+    })

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -28,6 +29,8 @@ class HealthResponse(BaseModel):
     model: str | None  # the default model; None while none is loaded
     models: list[str]
     model_status: dict[str, Literal["ready", "error"]]
+    model_loaded: bool  # the Embeddings Generator's keys: whether a model serves, and seconds since start
+    uptime: float
 
 
 class ReadyResponse(BaseModel):
@@ -66,6 +69,8 @@ async def health(request: Request) -> Any:
             "model": default.id if default else None,
             "models": [m.id for m in service.pool.models],
             "model_status": {m.id: "error" if m.worker.failure is not None else "ready" for m in service.pool.models},
+            "model_loaded": default is not None,
+            "uptime": round(time.monotonic() - request.app.state.started_at, 3),
         }
     )
 

@@ -39,7 +39,9 @@ def test_root_describes_the_api_and_its_links_work(client):
     assert isinstance(body["description"], str) and body["description"]
     assert body["default_model"] == MODEL and body["models"] == [MODEL]
     assert (body["docs"], body["redoc"], body["openapi"]) == ("/docs", "/redoc", "/openapi.json")
-    for link in ("docs", "redoc", "openapi"):
+    # the Embeddings Generator's root keys, for its clients
+    assert body["message"] == "embedserve API" and body["health"] == "/health"
+    for link in ("docs", "redoc", "openapi", "health"):
         assert client.get(body[link]).status_code == 200
 
 
@@ -183,7 +185,11 @@ def test_model_info_describes_the_default_model(make_client):
     r = client.get("/model/info")
     assert r.status_code == 200
     info = r.json()
-    assert set(info) == INFO_KEYS | {"loaded_models"}
+    generator_keys = {"model_type", "embedding_dimensions", "max_sequence_length", "is_loaded"}
+    assert set(info) == INFO_KEYS | generator_keys | {"loaded_models"}
+    # the Embeddings Generator's own keys, beside ours
+    assert (info["model_type"], info["embedding_dimensions"], info["max_sequence_length"], info["is_loaded"]) == (
+        "fake", DIM, 16, True)
     assert info["model_name"] == MODEL
     assert info["aliases"] == ["fake-model", MODEL]
     assert (info["dimensions"], info["max_seq_length"], info["device"]) == (DIM, 16, "cpu")
@@ -193,7 +199,7 @@ def test_model_info_describes_the_default_model(make_client):
     assert info["prefixes"] == {"query": "q: ", "document": "d: ", "default": "", "source": "model config"}
     assert isinstance(info["load_seconds"], float) and info["load_seconds"] >= 0
     assert [m["model_name"] for m in info["loaded_models"]] == [MODEL]
-    assert info["loaded_models"][0] == {k: v for k, v in info.items() if k != "loaded_models"}
+    assert info["loaded_models"][0] == {k: v for k, v in info.items() if k not in generator_keys | {"loaded_models"}}
 
 
 def test_model_info_shows_family_prefixes(make_client):
@@ -211,7 +217,8 @@ def test_load_then_unload_a_model(client):
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["status"] == "loaded" and body["model_name"] == "org/second"
-    assert set(body) == INFO_KEYS | {"status"}
+    assert body["message"] == "Model org/second loaded successfully"  # the Embeddings Generator's answer
+    assert set(body) == INFO_KEYS | {"status", "message"}
     assert loaded(client) == [MODEL, "org/second"]
     listed = [m["model_name"] for m in client.get("/model/info").json()["loaded_models"]]
     assert listed == [MODEL, "org/second"]
@@ -220,7 +227,8 @@ def test_load_then_unload_a_model(client):
 
     r = client.post("/model/unload", params={"model_name": "org/second"})
     assert r.status_code == 200, r.text
-    assert r.json() == {"status": "unloaded", "model_name": "org/second", "loaded_models": [MODEL]}
+    assert r.json() == {"status": "unloaded", "message": "Model unloaded successfully", "model_name": "org/second",
+                        "loaded_models": [MODEL]}
     assert loaded(client) == [MODEL]
     assert [m["model_name"] for m in client.get("/model/info").json()["loaded_models"]] == [MODEL]
 
@@ -229,6 +237,7 @@ def test_load_an_already_loaded_model_by_alias(client):
     r = client.post("/model/load", params={"model_name": "fake-model"})
     assert r.status_code == 200
     assert r.json()["status"] == "already_loaded" and r.json()["model_name"] == MODEL
+    assert r.json()["message"] == "Model fake-model was already loaded"
     assert loaded(client) == [MODEL]
 
 
@@ -272,9 +281,12 @@ def test_with_every_model_unloaded_requests_get_503_with_retry_after(client):
         assert error["message"] == "no model is loaded at the moment; retry shortly"
         assert int(r.headers["retry-after"]) >= 1
     assert client.get("/ready").status_code == 503
-    assert client.get("/health").json()["status"] == "unavailable"
-    error = assert_error(client.post("/model/unload"), 404, code="model_not_found")
-    assert error["message"] == "no model is loaded (loaded: none)"
+    health = client.get("/health").json()
+    assert health["status"] == "unavailable" and health["model_loaded"] is False
+    # unloading when nothing is loaded: 200 with a message, as the Embeddings Generator answers
+    r = client.post("/model/unload")
+    assert r.status_code == 200 and r.json() == {
+        "status": "nothing_loaded", "message": "No model was loaded", "model_name": None, "loaded_models": []}
     assert client.post("/model/load", params={"model_name": MODEL}).status_code == 200
     assert client.post(URL, json={"texts": ["x"]}).status_code == 200
 

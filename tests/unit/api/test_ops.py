@@ -40,9 +40,14 @@ def wait_for(client: TestClient, predicate, timeout: float = 10.0):
 def test_health_when_loaded(client):
     r = client.get("/health")
     assert r.status_code == 200
-    assert r.json() == {
-        "status": "healthy", "version": __version__, "model": MODEL, "models": [MODEL], "model_status": {MODEL: "ready"}
+    body = r.json()
+    uptime = body.pop("uptime")  # the Embeddings Generator's keys: uptime in seconds, model_loaded
+    assert isinstance(uptime, float) and 0 <= uptime < 600
+    assert body == {
+        "status": "healthy", "version": __version__, "model": MODEL, "models": [MODEL], "model_status": {MODEL: "ready"},
+        "model_loaded": True,
     }
+    assert client.get("/health").json()["uptime"] >= uptime
 
 
 def test_ready_when_loaded(client):
