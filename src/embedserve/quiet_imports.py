@@ -5,10 +5,11 @@ for an optimised 4-bit kernel ("kernels-community/quantization-bitsandbytes") an
 publisher: a DNS lookup and a connection from a server that should reach nothing but its clients
 (tests/reliability/test_no_telemetry.py). transformers (loading any model) and peft (any LoRA adapter)
 import bitsandbytes whenever it is installed, and sentence-transformers imports both: every process of
-ours would trigger it (two DNS lookups per process, strace). The package's __init__ does the import here
-first, once, with the Hub switched to
+ours would trigger it (two DNS lookups per process, strace). embedserve/backends/__init__.py, through
+which every model load passes before any sentence-transformers import, does the import here first, once, with the Hub switched to
 offline mode for its duration (kernels then skips the lookup and bitsandbytes keeps its own CPU
-kernels); after it, the module is cached and later imports do nothing.
+kernels); after it, the module is cached and later imports do nothing. A training job's process is
+offline as a whole instead (training/run.py's main).
 """
 
 from __future__ import annotations

@@ -226,10 +226,7 @@ class JobManager:
         events = job_dir / "events.jsonl"
         offset = events.stat().st_size if events.exists() else 0  # a resumed job's old events are in the store
         threads = str(self.settings.train_threads)
-        env = {**os.environ, **{var: threads for var in THREAD_VARS}, "TOKENIZERS_PARALLELISM": "false",
-               # the base is a local folder; offline, bitsandbytes' import asks the Hub for no kernel
-               # (embedserve/quiet_imports.py)
-               "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, **{var: threads for var in THREAD_VARS}, "TOKENIZERS_PARALLELISM": "false"}
         with open(job_dir / "log.txt", "ab") as out:
             proc = subprocess.Popen(
                 [*self.command, str(job_dir)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -308,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m embedserve.training.run <job_dir>", file=sys.stderr)
         return 2
+    # A job's base is a local folder: it needs no Hub, and offline it makes no call to it (sentence-transformers'
+    # model card asks the Hub about the model on every save; bitsandbytes' import asks it for a kernel, see
+    # embedserve/quiet_imports.py). Set before anything imports huggingface_hub, which reads it once.
+    os.environ["HF_HUB_OFFLINE"] = "1"
     return run_job(Path(argv[0]))
 
 
