@@ -6,11 +6,12 @@ down, so no module reads the environment on its own.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 # Model names that OpenAI-compatible clients send by default (LlamaIndex's OpenAIEmbedding:
@@ -24,8 +25,29 @@ BUILTIN_MODEL_ALIASES = {
 }
 
 
+# The environment variables the servers we replace were configured with (docs/migrating.md): the Flask
+# server listened on Render's PORT, the Embedding Service served MODEL_NAME and checked API_TOKEN.
+ORIGINALS_ENV = {"PORT": "port", "MODEL_NAME": "models", "API_TOKEN": "api_keys"}
+
+
+class OriginalsEnvSource(PydanticBaseSettingsSource):
+    """PORT, MODEL_NAME and API_TOKEN, read below every EMBEDSERVE_ variable and flag: ours win when both are set."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return {field: os.environ[name] for name, field in ORIGINALS_ENV.items() if os.environ.get(name, "").strip()}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMBEDSERVE_", frozen=True, extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, dotenv_settings, OriginalsEnvSource(settings_cls), file_secret_settings
 
     host: str = Field("0.0.0.0", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on.")

@@ -27,6 +27,25 @@ def test_flags_override_env(monkeypatch):
     assert settings.max_queue == 9 and settings.models == ("x", "y") and settings.truncate is True
 
 
+def test_the_originals_variables_are_read_and_ours_win(monkeypatch):
+    """PORT (the Flask server on Render), MODEL_NAME and API_TOKEN (the Embedding Service) work as they did."""
+    for name in ("PORT", "MODEL_NAME", "API_TOKEN", "EMBEDSERVE_PORT", "EMBEDSERVE_MODELS", "EMBEDSERVE_API_KEYS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PORT", "9000")
+    monkeypatch.setenv("MODEL_NAME", "my-custom-model")
+    monkeypatch.setenv("API_TOKEN", "sk-old")
+    settings = Settings()
+    assert settings.port == 9000 and settings.models == ("my-custom-model",)
+    assert [key.get_secret_value() for key in settings.api_keys] == ["sk-old"]
+    monkeypatch.setenv("EMBEDSERVE_PORT", "9100")
+    monkeypatch.setenv("EMBEDSERVE_MODELS", "ours")
+    monkeypatch.setenv("EMBEDSERVE_API_KEYS", "sk-new")
+    settings = Settings()
+    assert settings.port == 9100 and settings.models == ("ours",)
+    assert [key.get_secret_value() for key in settings.api_keys] == ["sk-new"]
+    assert build_settings(port=9200).port == 9200  # and a flag beats both
+
+
 def test_frozen():
     with pytest.raises(ValidationError):
         Settings().port = 1  # type: ignore[misc]

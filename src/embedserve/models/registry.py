@@ -96,7 +96,8 @@ class ModelResolver:
         """Where `name` may live under models_dir (callers pass Hub-id-shaped names only)."""
         assert self.models_dir is not None
         base = self.models_dir
-        parts = [name, name.replace("/", "--"), name.rstrip("/").split("/")[-1]]
+        # org/name, the Hub cache's org--name, the Embedding Service's org_name (its ./models/<name with / as _>), name
+        parts = [name, name.replace("/", "--"), name.replace("/", "_"), name.rstrip("/").split("/")[-1]]
         out = []
         for part in parts:
             candidate = (base / part).resolve()

@@ -44,7 +44,7 @@ def test_installed_package_under_both_names(name):
     assert fake_hub.calls == []
 
 
-@pytest.mark.parametrize("layout", ["org/name", "org--name", "name"])
+@pytest.mark.parametrize("layout", ["org/name", "org--name", "org_name", "name"])
 def test_models_dir_layouts(tmp_path, layout):
     (tmp_path / layout).mkdir(parents=True)
     resolved = ModelResolver(models_dir=tmp_path, hub_download=RecordingHub()).resolve("org/name")
