@@ -21,6 +21,10 @@ from embedserve.settings import Settings
 # (they inherit this environment), runs eager unless a test asks otherwise:
 # tests/integration/test_torch_compile.py loads compiled models explicitly and checks them.
 os.environ.setdefault("EMBEDSERVE_TORCH_COMPILE", "off")
+# The originals' variables (settings.ORIGINALS_ENV: PORT, MODEL_NAME, API_KEY, API_TOKEN) are settings
+# too; a host that happens to set one must not change what the suite's servers do.
+for _name in ("PORT", "MODEL_NAME", "API_KEY", "API_TOKEN"):
+    os.environ.pop(_name, None)
 
 
 class FakeResolver:

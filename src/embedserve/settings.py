@@ -26,18 +26,24 @@ BUILTIN_MODEL_ALIASES = {
 
 
 # The environment variables the servers we replace were configured with (docs/migrating.md): the Flask
-# server listened on Render's PORT, the Embedding Service served MODEL_NAME and checked API_TOKEN.
-ORIGINALS_ENV = {"PORT": "port", "MODEL_NAME": "models", "API_TOKEN": "api_keys"}
+# server listened on Render's PORT and checked API_KEY; the Embedding Service served MODEL_NAME and
+# checked API_TOKEN.
+ORIGINALS_ENV = {"PORT": "port", "MODEL_NAME": "models", "API_KEY": "api_keys", "API_TOKEN": "api_keys"}
 
 
 class OriginalsEnvSource(PydanticBaseSettingsSource):
-    """PORT, MODEL_NAME and API_TOKEN, read below every EMBEDSERVE_ variable and flag: ours win when both are set."""
+    """PORT, MODEL_NAME, API_KEY and API_TOKEN, read below every EMBEDSERVE_ variable and flag: ours win
+    when both are set. API_KEY and API_TOKEN both give a key with every scope."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return {field: os.environ[name] for name, field in ORIGINALS_ENV.items() if os.environ.get(name, "").strip()}
+        found: dict[str, list[str]] = {}
+        for name, field in ORIGINALS_ENV.items():
+            if value := os.environ.get(name, "").strip():
+                found.setdefault(field, []).append(value)
+        return {field: ",".join(values) if field == "api_keys" else values[0] for field, values in found.items()}
 
 
 class Settings(BaseSettings):

@@ -8,12 +8,24 @@ MODEL = "org/fake-model"  # the one model the `client` fixture serves
 DIM = 8  # FakeBackend's vector size
 
 
+# The routes of the servers we replace (FastAPI apps, or the Flask server): their errors also carry
+# the message as FastAPI's `detail`, where those servers' clients read it.
+DROP_IN_PATHS = frozenset(
+    {"/", "/embedding", "/embeddings", "/model/info", "/model/load", "/model/unload", "/v1/encode", "/vectorize",
+     "/vectorize-batch"}
+)
+
+
 def assert_error_envelope(response, status: int, *, type_: str, code=...) -> dict:
-    """The status, a JSON body with exactly OpenAI's error keys, `type_` and (if given) `code`."""
+    """The status, a JSON body with exactly OpenAI's error keys (and `detail`, the same message, on a
+    drop-in route), `type_` and (if given) `code`."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
-    assert set(body) == {"error"}
+    if response.request.url.path in DROP_IN_PATHS:
+        assert set(body) == {"error", "detail"} and body["detail"] == body["error"]["message"], body
+    else:
+        assert set(body) == {"error"}, body
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["type"] == type_

@@ -1,6 +1,7 @@
 """The one place where exceptions become HTTP statuses and error JSON.
 
-The body has OpenAI's shape, or Text Embeddings Inference's (`{"error", "error_type"}`) on a route
+The body has OpenAI's shape (with FastAPI's `detail` beside it on the drop-in routes of the servers
+we replace, `ErrorShape.DROP_IN`), or Text Embeddings Inference's (`{"error", "error_type"}`) on a route
 that declares it (api/routing.py `declare(..., errors=ErrorShape.TEI)`): `error_content` reads the
 shape from the request's matched route, kept in the ASGI scope, so FastAPI's handlers below and the
 middleware that answers before any route runs (api/middleware.py `send_error`: keys, full queue,
@@ -45,7 +46,7 @@ def error_shape(scope: MutableMapping[str, Any] | None) -> ErrorShape:
     if scope is None:
         return ErrorShape.OPENAI
     chosen = scope.get(SHAPE) or route_errors(scope.get(ROUTE))
-    return ErrorShape.TEI if chosen is ErrorShape.TEI else ErrorShape.OPENAI
+    return ErrorShape.OPENAI if chosen is ErrorShape.EITHER else chosen
 
 
 def use_tei_errors(request: Request) -> None:
@@ -55,9 +56,13 @@ def use_tei_errors(request: Request) -> None:
 
 def error_content(scope, status: int, message: str, type_: str, *, param=None, code=None) -> dict:
     """The error body for a request (`scope`: its ASGI scope; None: no route, OpenAI's shape)."""
-    if error_shape(scope) is ErrorShape.TEI:
+    shape = error_shape(scope)
+    if shape is ErrorShape.TEI:
         return {"error": renderable(message), "error_type": tei_error_type(status)}
-    return error_body(message, type_, param=param, code=code)
+    body = error_body(message, type_, param=param, code=code)
+    if shape is ErrorShape.DROP_IN:
+        body["detail"] = body["error"]["message"]
+    return body
 
 
 def error_response(status: int, message: str, type_: str, *, param=None, code=None, headers=None, scope=None):

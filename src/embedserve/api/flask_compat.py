@@ -11,7 +11,8 @@ One route, two body shapes, both on the default model:
 A body is KServe when it has an `instances` key whose value is not a string (a string value
 is just a map entry whose id happens to be "instances"). The shape has to be known before
 validating, so the route takes the raw JSON object and validates it with one of the two
-models below; errors still come out as the usual 422 naming the key.
+models below; errors still come out as the usual 422 naming the key, except the two the Flask
+server answered 400 itself: an empty map and `{"instances": []}`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, RootModel, field_validator
 
 from embedserve.api.compat import Text, embed_texts, validate_body
 from embedserve.api.responses import OrjsonResponse, renderable
-from embedserve.api.routing import DENSE_TASK, SERVED, Scope, declare
+from embedserve.api.routing import DENSE_TASK, SERVED, ErrorShape, Scope, declare
+from embedserve.errors import BadRequest
 
 router = APIRouter(tags=["Flask Sentence Transformer API"])
 
@@ -84,11 +86,16 @@ def vector_string(row) -> str:
     response_model=EmbeddingAnswer,
     summary="Embed a map of id -> text, or KServe V1 instances, on the default model",
     response_description='`{"id1": "[...]", ...}` for a map; `{"predictions": [[...], ...]}` for instances.',
-    **declare(Scope.EMBED, *SERVED, body=True, tasks=DENSE_TASK),
+    **declare(Scope.EMBED, 400, *SERVED, body=True, tasks=DENSE_TASK, errors=ErrorShape.DROP_IN),
 )
 async def embedding(
     request: Request, body: Annotated[dict[str, Any], Body(openapi_examples=_EXAMPLES)]
 ) -> Any:
+    # The Flask server's own 400s ("No JSON data provided", "No sentences provided"): nothing to embed.
+    if not body:
+        raise BadRequest('no JSON data provided: map at least one id to a text, e.g. {"id1": "This is the first sentence."}')
+    if body.get("instances") == []:
+        raise BadRequest("no sentences provided: 'instances' holds no text", param="instances")
     if is_kserve(body):
         instances = validate_body(KServeRequest, body).instances
         result = await embed_texts(request, instances, field="instances")

@@ -26,12 +26,13 @@ from embedserve.api.compat import Text, embed_texts, service, validate_body
 from embedserve.api.openai import EmbeddingRequest, EmbeddingResponse, embeddings_payload
 from embedserve.api.ops import DOCS_URL, OPENAPI_URL, REDOC_URL
 from embedserve.api.responses import OrjsonResponse
-from embedserve.api.routing import DENSE_TASK, LOADING, LOADS, Scope, declare
+from embedserve.api.routing import DENSE_TASK, LOADING, LOADS, ErrorShape, Scope, declare
 from embedserve.engine.model_pool import LoadedModel
 from embedserve.models.tasks import task_names
 from embedserve.errors import InvalidInput, ModelNotFound
 
 router = APIRouter(tags=["Embeddings Generator"])
+DROP_IN = ErrorShape.DROP_IN  # its clients read an error's message from FastAPI's `detail`
 
 ModelName = Annotated[StrictStr, Field(min_length=1)]
 
@@ -195,7 +196,7 @@ def as_model_name_error(exc: ModelNotFound) -> ModelNotFound:
     "/",
     response_model=ApiInfo,
     summary="API information: version, loaded models, documentation links",
-    **declare(Scope.EMBED),
+    **declare(Scope.EMBED, errors=DROP_IN),
 )
 async def root(request: Request) -> Any:
     svc, app = service(request), request.app
@@ -231,7 +232,7 @@ _EXAMPLES = {
     summary="Embed texts (Embeddings Generator's `texts`, or OpenAI's `input` as Infinity serves it)",
     description="A body with `texts` gets the Embeddings Generator's answer; a body with `input` gets OpenAI's "
     "(Infinity's OpenAI route has no `/v1`), with Infinity's `id` and `created`.",
-    **declare(Scope.EMBED, 400, *LOADS, body=True, tasks=DENSE_TASK),
+    **declare(Scope.EMBED, 400, *LOADS, body=True, tasks=DENSE_TASK, errors=DROP_IN),
 )
 async def embeddings(request: Request, body: Annotated[dict[str, Any], Body(openapi_examples=_EXAMPLES)]) -> Any:
     if "input" in body and "texts" not in body:
@@ -274,7 +275,7 @@ async def generate(body: GenerateRequest, request: Request) -> OrjsonResponse:
     "/model/info",
     response_model=ModelInfoResponse,
     summary="The default model and every loaded model",
-    **declare(Scope.EMBED, 503),
+    **declare(Scope.EMBED, 503, errors=DROP_IN),
 )
 async def model_info(request: Request) -> Any:
     svc = service(request)
@@ -295,7 +296,7 @@ async def model_info(request: Request) -> Any:
     "/model/load",
     response_model=LoadResponse,
     summary="Load a model (no-op when it is already loaded)",
-    **declare(Scope.ADMIN, *LOADING),
+    **declare(Scope.ADMIN, *LOADING, errors=DROP_IN),
 )
 async def load_model(
     request: Request,
@@ -319,7 +320,7 @@ async def load_model(
     "/model/unload",
     response_model=UnloadResponse,
     summary="Unload a model (the default model when none is named)",
-    **declare(Scope.ADMIN, 404, 422, 503),
+    **declare(Scope.ADMIN, 404, 422, 503, errors=DROP_IN),
 )
 async def unload_model(
     request: Request,

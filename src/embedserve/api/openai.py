@@ -106,7 +106,8 @@ class ModelList(BaseModel):
 
 
 class ModelNameList(BaseModel):
-    """`--models-list-style names`: what "Sentence embeddings over HTTP" clients expect."""
+    """`--models-list-style names`: what "Sentence embeddings over HTTP" clients expect: each model by
+    the last part of the name it was started with (`all-MiniLM-L6-v2`), a name /v1/encode takes."""
 
     data: list[str]
     object: Literal["list"] = "list"
@@ -155,13 +156,14 @@ def model_card(model: LoadedModel) -> dict:
     "/v1/models",
     response_model=ModelList | ModelNameList,
     summary="List served models",
-    description="OpenAI's model objects; with `--models-list-style names`, the loaded model ids only.",
+    description="OpenAI's model objects; with `--models-list-style names`, the loaded models' names only.",
     **declare(Scope.EMBED),
 )
 async def list_models(request: Request) -> Any:
     models = service(request).pool.models
     if request.app.state.settings.models_list_style == "names":
-        return OrjsonResponse({"data": [m.id for m in models], "object": "list"})
+        # each model by the name it was started with, as "Sentence embeddings over HTTP" listed them
+        return OrjsonResponse({"data": [m.short_name for m in models], "object": "list"})
     return OrjsonResponse({"object": "list", "data": [model_card(m) for m in models]})
 
 

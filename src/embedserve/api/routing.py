@@ -47,6 +47,7 @@ class ErrorShape(StrEnum):
     OPENAI = "openai"  # {"error": {"message", "type", "param", "code"}}: every route of ours
     TEI = "tei"  # {"error": "...", "error_type": "Validation"}: Text Embeddings Inference's routes
     EITHER = "either"  # a path several APIs share (/rerank): OpenAI's unless the body is TEI's (api/errors.py)
+    DROP_IN = "drop_in"  # OpenAI's plus FastAPI's `detail` (the message): the routes of the servers we replace
 
 
 class ErrorDetail(BaseModel):
@@ -62,6 +63,13 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class DropInErrorResponse(ErrorResponse):
+    """OpenAI's error shape plus `detail`, the message where FastAPI's `HTTPException` put it: the
+    servers whose routes we serve answered `{"detail": "..."}`, and their clients read it there."""
+
+    detail: str
+
+
 class TeiErrorResponse(BaseModel):
     """Text Embeddings Inference's error shape (its `ErrorResponse`): the message, and the kind as
     TEI names it. Statuses are ours; the kind follows them (api/errors.py `tei_error_type`)."""
@@ -74,6 +82,7 @@ _ERROR_MODELS: dict[ErrorShape, Any] = {
     ErrorShape.OPENAI: ErrorResponse,
     ErrorShape.TEI: TeiErrorResponse,
     ErrorShape.EITHER: ErrorResponse | TeiErrorResponse,  # documented as anyOf
+    ErrorShape.DROP_IN: DropInErrorResponse,
 }
 
 

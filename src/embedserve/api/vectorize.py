@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, StrictBool, field_validator
 
 from embedserve.api.compat import Text, embed_texts, validate_body
 from embedserve.api.responses import OrjsonResponse
-from embedserve.api.routing import DENSE_TASK, SERVED, Scope, declare
+from embedserve.api.routing import DENSE_TASK, SERVED, ErrorShape, Scope, declare
 from embedserve.models.families import InputType
 
 router = APIRouter(tags=["Embedding Service (E5/BGE-M3)"])
@@ -89,7 +89,7 @@ def input_type(is_query: bool) -> InputType:
     "/vectorize",
     response_model=VectorResponse,
     summary="Embed one text on the default model",
-    **declare(Scope.EMBED, *SERVED, body=True, tasks=DENSE_TASK),
+    **declare(Scope.EMBED, *SERVED, body=True, tasks=DENSE_TASK, errors=ErrorShape.DROP_IN),
 )
 async def vectorize(body: VectorizeRequest, request: Request) -> Any:
     result = await embed_texts(
@@ -102,7 +102,7 @@ async def vectorize(body: VectorizeRequest, request: Request) -> Any:
     "/vectorize-batch",
     response_model=VectorsResponse,
     summary="Embed several texts on the default model",
-    **declare(Scope.EMBED, *SERVED, body=True, tasks=DENSE_TASK),
+    **declare(Scope.EMBED, *SERVED, body=True, tasks=DENSE_TASK, errors=ErrorShape.DROP_IN),
 )
 async def vectorize_batch(
     request: Request, body: Annotated[dict[str, Any], Body(openapi_examples=_BATCH_EXAMPLES)]

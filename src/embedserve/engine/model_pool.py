@@ -62,6 +62,14 @@ class LoadedModel:
     load_seconds: float = 0.0
     memory_bytes: int | None = None  # growth of the process's resident memory while loading
     startup: bool = False  # an operator's model: never evicted to make room for a request's
+    loaded_as: str = ""  # the name it was loaded by: a --model value or a request's model name
+
+    @property
+    def short_name(self) -> str:
+        """The last part of the name it was loaded by (`all-MiniLM-L6-v2`, `my-model` for a folder),
+        or its id when another loaded model also answers to that."""
+        short = (self.loaded_as or self.id).rstrip("/").split("/")[-1]
+        return short if self.matches(short) else self.id
 
     @property
     def info(self) -> ModelInfo:
@@ -134,7 +142,9 @@ class ModelPool:
                 retry_after=LOADING_RETRY_AFTER,
             )
         if name is None:
-            raise NotReady("no model is loaded at the moment; retry shortly")
+            if self.settings.load_on_demand:  # the Embeddings Generator's words for the same state
+                raise NotReady("No model is currently loaded. Model will be loaded on first embedding request.")
+            raise NotReady("no model is loaded at the moment; retry once one is loaded (POST /model/load)")
         if name.lower() in {loading.lower() for loading in self._loads}:
             raise NotReady(f"model {shown(name)} is loading; retry shortly", retry_after=LOADING_RETRY_AFTER)
         if name.lower() in self._unloaded:
@@ -148,8 +158,16 @@ class ModelPool:
         if model is not None:
             model.last_used = time.monotonic()
             return model
-        if target is None or not self.settings.load_on_demand or self._starting:
+        startup_model = target is not None and target.lower() in self._reserved
+        if self._starting or not (self.settings.load_on_demand or startup_model):
+            # --no-load-on-demand fixes the set of models to the start-up ones: those still come back once unloaded
             return self.get(name)  # the right 503 or 404
+        if target is None:
+            if self._models:
+                return self.get(name)
+            # Nothing is loaded (POST /model/unload): as the Embeddings Generator did, the next embedding
+            # request brings the default model back, under the operator's rules, not a request's.
+            return await self.load(self.settings.models[0])
         # A start-up model's name always means that model, whoever asks for it and however spelt.
         return await self.load(self._reserved.get(target.lower(), target), request=True)
 
@@ -250,6 +268,7 @@ class ModelPool:
             load_seconds=round(seconds, 3),
             memory_bytes=max(0, rss_after - rss_before) if rss_before is not None and rss_after is not None else None,
             startup=startup,
+            loaded_as=name,
         )
         self._models[resolved.id] = model
         for alias in model.aliases:

@@ -1,7 +1,8 @@
 """The "Sentence embeddings over HTTP" drop-in: GET (and POST) /v1/encode with a JSON body.
 
-That server only serves what it has loaded, so /v1/encode must answer 404 for any other
-model and must not load it, even with load-on-demand on for the other routes.
+That server only serves what it has loaded, so /v1/encode must answer 400 for any other
+model, as it did ("Model '...' does not exist"), and must not load it, even with load-on-demand
+on for the other routes.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ def test_a_model_listed_by_v1_models_is_served(client, fake_backend):
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
-def test_a_model_that_is_not_loaded_is_404_and_stays_unloaded(client, method):
+def test_a_model_that_is_not_loaded_is_400_and_stays_unloaded(client, method):
     r = client.request(method, URL, json={"model": "org/other", "input": ["x"]})
-    error = assert_error(r, 404, param="model", code="model_not_found")
+    error = assert_error(r, 400, param="model", code="model_not_found")
+    assert r.json()["detail"] == error["message"]
     assert "'org/other' is not loaded" in error["message"] and MODEL in error["message"]
     assert loaded(client) == [MODEL]  # load-on-demand is on, yet nothing was loaded
 
@@ -70,7 +72,14 @@ def test_an_unloaded_model_is_503_with_retry_after(client):
     error = assert_error(r, 503)
     assert error["code"] == "not_ready" and "'org/second' was unloaded" in error["message"]
     assert int(r.headers["retry-after"]) >= 1
-    assert_error(client.request("GET", URL, json={"model": "org/never-loaded", "input": ["x"]}), 404)
+    assert_error(client.request("GET", URL, json={"model": "org/never-loaded", "input": ["x"]}), 400)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_input_may_be_one_text(client, fake_backend, method):
+    r = client.request(method, URL, json={"model": MODEL, "input": "iPhone"})
+    assert r.status_code == 200, r.text
+    assert_encoded(r.json(), ["iPhone"], MODEL, fake_backend)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +87,8 @@ def test_an_unloaded_model_is_503_with_retry_after(client):
     [
         ({"model": MODEL}, "input", "is required"),
         ({"model": MODEL, "input": []}, "input", "at least 1 item"),
-        ({"model": MODEL, "input": "iPhone"}, "input", "valid list"),
+        ({"model": MODEL, "input": 5}, "input", "valid list"),
+        ({"model": MODEL, "input": ""}, "input[0]", "at least 1 character"),
         ({"model": MODEL, "input": ["ok", 3]}, "input[1]", "valid string"),
         ({"model": MODEL, "input": [""]}, "input[0]", "at least 1 character"),
         ({"model": 7, "input": ["x"]}, "model", "valid string"),

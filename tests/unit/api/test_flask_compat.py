@@ -96,8 +96,6 @@ def test_kserve_instances_answer_predictions(client, fake_backend):
         ({"id1": True}, "id1", "valid string"),
         ({"123": 4.5}, "123", "valid string"),  # a digit-only id is a key, not a list index
         ({"id1": "ok", "id2": ""}, "id2", "at least 1 character"),
-        ({}, None, "at least one id"),
-        ({"instances": []}, "instances", "at least 1 item"),
         ({"instances": 5}, "instances", "valid list"),
         ({"instances": None}, "instances", "valid list"),
         ({"instances": {"a": "b"}}, "instances", "valid list"),
@@ -111,6 +109,13 @@ def test_bad_bodies_are_422_naming_the_key(client, body, param, words):
     assert words in error["message"]
     if param is not None:
         assert error["message"].startswith(f"'{param}': ")
+
+
+@pytest.mark.parametrize(("body", "param", "words"), [({}, None, "no JSON data"), ({"instances": []}, "instances", "no sentences")])
+def test_nothing_to_embed_is_400_as_the_flask_server_answered(client, body, param, words):
+    r = client.post(URL, json=body)
+    error = assert_error(r, 400, param=param, code="invalid_parameter")
+    assert words in error["message"] and r.json()["detail"] == error["message"]
 
 
 @pytest.mark.parametrize("body", [["a", "b"], "text", 42, None])

@@ -272,14 +272,14 @@ def test_unload_without_a_name_unloads_the_default_model(client):
     assert client.get("/model/info").json()["model_name"] == "org/second"
 
 
-def test_with_every_model_unloaded_requests_get_503_with_retry_after(client):
-    """No model loaded is a state that passes: 503 with Retry-After (never 404, never 500)."""
+def test_after_an_unload_the_next_embedding_request_loads_the_default_model_again(client):
+    """The Embeddings Generator's promise: until then /model/info is a 503 that says so, with Retry-After."""
     assert client.post("/model/unload").status_code == 200
     assert loaded(client) == []
-    for r in (client.get("/model/info"), client.post(URL, json={"texts": ["x"]})):
-        error = assert_error(r, 503, code="not_ready")
-        assert error["message"] == "no model is loaded at the moment; retry shortly"
-        assert int(r.headers["retry-after"]) >= 1
+    r = client.get("/model/info")
+    error = assert_error(r, 503, code="not_ready")
+    assert error["message"] == "No model is currently loaded. Model will be loaded on first embedding request."
+    assert r.json()["detail"] == error["message"] and int(r.headers["retry-after"]) >= 1
     assert client.get("/ready").status_code == 503
     health = client.get("/health").json()
     assert health["status"] == "unavailable" and health["model_loaded"] is False
@@ -287,8 +287,20 @@ def test_with_every_model_unloaded_requests_get_503_with_retry_after(client):
     r = client.post("/model/unload")
     assert r.status_code == 200 and r.json() == {
         "status": "nothing_loaded", "message": "No model was loaded", "model_name": None, "loaded_models": []}
-    assert client.post("/model/load", params={"model_name": MODEL}).status_code == 200
-    assert client.post(URL, json={"texts": ["x"]}).status_code == 200
+    r = client.post(URL, json={"texts": ["x"]})
+    assert r.status_code == 200 and r.json()["model_name"] == MODEL
+    assert loaded(client) == [MODEL] and client.get("/ready").status_code == 200
+
+
+def test_without_load_on_demand_every_model_unloaded_is_503_until_one_is_loaded(make_client):
+    client = make_client(load_on_demand=False)
+    assert client.post("/model/unload").status_code == 200
+    for r in (client.get("/model/info"), client.post(URL, json={"texts": ["x"]})):
+        error = assert_error(r, 503, code="not_ready")
+        assert "POST /model/load" in error["message"] and int(r.headers["retry-after"]) >= 1
+    assert loaded(client) == []
+    r = client.post("/model/load", params={"model_name": MODEL})  # the start-up model: part of the fixed set
+    assert r.status_code == 200 and r.json()["status"] == "loaded" and loaded(client) == [MODEL]
 
 
 def test_load_an_unknown_model_is_404(client):

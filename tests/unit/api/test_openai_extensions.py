@@ -98,9 +98,15 @@ def test_names_style(make_client):
     client = make_client(models_list_style="names")
     r = client.get("/v1/models")
     assert r.status_code == 200
-    assert r.json() == {"data": [MODEL], "object": "list"}
+    # each model by the last part of the name it was started (or loaded) with, as that server listed them
+    assert r.json() == {"data": ["fake-model"], "object": "list"}
     assert client.post(URL, json={"input": "x", "model": "org/other"}).status_code == 200  # on demand
-    assert client.get("/v1/models").json() == {"data": [MODEL, "org/other"], "object": "list"}
+    assert client.post(URL, json={"input": "x", "model": "org2/other"}).status_code == 200
+    # "other" already names org/other: the second is listed by its id, so every listed name is served
+    assert client.get("/v1/models").json() == {"data": ["fake-model", "other", "org2/other"], "object": "list"}
+    for name in client.get("/v1/models").json()["data"]:
+        r = client.request("GET", "/v1/encode", json={"model": name, "input": "x"})
+        assert r.status_code == 200 and r.json()["model"] == name
     # a single model keeps OpenAI's card
     assert client.get(f"/v1/models/{MODEL}").json()["id"] == MODEL
 

@@ -174,5 +174,5 @@ def test_the_schema_documents_tei_errors_on_tei_routes(client):
         operation = schema["paths"][path][method]
         assert operation["x-embedserve-errors"] == "tei"
         assert operation["responses"]["422" if method == "post" else "503"]["content"]["application/json"]["schema"] == tei
-    assert "x-embedserve-errors" not in schema["paths"]["/"]["get"]  # GET / is the Embeddings Generator's
+    assert schema["paths"]["/"]["get"]["x-embedserve-errors"] == "drop_in"  # GET / is the Embeddings Generator's
     assert schema["components"]["schemas"]["TeiErrorResponse"]["required"] == ["error", "error_type"]

@@ -118,14 +118,24 @@ async def test_on_demand_load_then_served_from_the_pool():
     await pool.close()
 
 
-async def test_get_or_load_without_a_name_is_the_default_model_never_a_load():
-    pool, factory, _ = make_pool()
-    with pytest.raises(NotReady) as info:  # no model at all: 503, retryable
+async def test_get_or_load_without_a_name_is_the_default_model_loading_it_again_only_when_none_is_loaded():
+    pool, factory, resolver = make_pool(models=("org/start",))
+    # nothing loaded (every model unloaded): the first start-up model comes back, under the operator's rules
+    model = await pool.get_or_load(None)
+    assert model.id == "org/start" and factory.calls == 1 and model.startup
+    first = await pool.get_or_load("org/a")
+    assert await pool.get_or_load(None) is model and factory.calls == 2  # a default is loaded: no load
+    await pool.unload("org/start")
+    assert await pool.get_or_load(None) is first and factory.calls == 2  # another model is the default now
+    await pool.close()
+
+
+async def test_without_load_on_demand_no_model_loaded_is_a_503_not_a_load():
+    pool, factory, _ = make_pool(models=("org/start",), load_on_demand=False)
+    with pytest.raises(NotReady) as info:
         await pool.get_or_load(None)
     assert info.value.status == 503 and info.value.retry_after >= 1 and factory.calls == 0
-    first = await pool.get_or_load("org/a")
-    await pool.get_or_load("org/b")
-    assert await pool.get_or_load(None) is first
+    assert "POST /model/load" in info.value.message
     await pool.close()
 
 
