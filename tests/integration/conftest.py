@@ -37,15 +37,26 @@ class ServerProcess:
             return fh.read()
 
 
-def start_server(tmp_dir, *args: str, timeout: float = 120.0, scheme: str = "http", verify=True) -> ServerProcess:
-    """A server process on a free port, once its /ready answers 200 (`verify`: TLS trust for https)."""
-    port = free_port()
+def launch_server(tmp_dir, *args: str, scheme: str = "http", env: dict[str, str] | None = None) -> ServerProcess:
+    """A server process on a free port, not waited for. `env` adds variables; with `PORT` among them
+    the port is left to it (no --port flag), as a platform such as Render starts a server."""
+    given = env or {}
+    port = int(given["PORT"]) if "PORT" in given else free_port()
+    port_flag = [] if "PORT" in given else ["--port", str(port)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **given}
     log_path = os.path.join(tmp_dir, f"server-{port}.log")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "embedserve", "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "embedserve", "serve", "--host", "127.0.0.1", *port_flag, *args]
     with open(log_path, "w") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    server = ServerProcess(process, f"{scheme}://127.0.0.1:{port}", log_path)
+    return ServerProcess(process, f"{scheme}://127.0.0.1:{port}", log_path)
+
+
+def start_server(
+    tmp_dir, *args: str, timeout: float = 120.0, scheme: str = "http", verify=True, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """A server process on a free port, once its /ready answers 200 (`verify`: TLS trust for https)."""
+    server = launch_server(tmp_dir, *args, scheme=scheme, env=env)
+    process = server.process
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
