@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from embedserve.api.app import create_app
 from embedserve.backends.fake import FakeBackend
 from embedserve.models.registry import ResolvedModel, aliases_for
-from embedserve.settings import Settings
+from embedserve.settings import ORIGINALS_ENV, Settings
 
 # torch.compile costs 10-25 s per model load on these 2-core machines, and the suite loads the
 # real default model in auto mode (which compiles its CPU bf16 encoder) in some 30 servers and
@@ -21,9 +21,9 @@ from embedserve.settings import Settings
 # (they inherit this environment), runs eager unless a test asks otherwise:
 # tests/integration/test_torch_compile.py loads compiled models explicitly and checks them.
 os.environ.setdefault("EMBEDSERVE_TORCH_COMPILE", "off")
-# The originals' variables (settings.ORIGINALS_ENV: PORT, MODEL_NAME, API_KEY, API_TOKEN) are settings
-# too; a host that happens to set one must not change what the suite's servers do.
-for _name in ("PORT", "MODEL_NAME", "API_KEY", "API_TOKEN"):
+# The originals' variables (settings.ORIGINALS_ENV: PORT, MODEL_NAME, API_KEY...) are settings too; a
+# host that happens to set one must not change what the suite's servers do.
+for _name in ORIGINALS_ENV:
     os.environ.pop(_name, None)
 
 

@@ -27,13 +27,15 @@ BUILTIN_MODEL_ALIASES = {
 
 # The environment variables the servers we replace were configured with (docs/migrating.md): the Flask
 # server listened on Render's PORT and checked API_KEY; the Embedding Service served MODEL_NAME and
-# checked API_TOKEN.
-ORIGINALS_ENV = {"PORT": "port", "MODEL_NAME": "models", "API_KEY": "api_keys", "API_TOKEN": "api_keys"}
+# checked API_TOKEN; the Embeddings Generator served DEFAULT_MODEL_NAME.
+ORIGINALS_ENV = {
+    "PORT": "port", "MODEL_NAME": "models", "DEFAULT_MODEL_NAME": "models", "API_KEY": "api_keys", "API_TOKEN": "api_keys",
+}
 
 
 class OriginalsEnvSource(PydanticBaseSettingsSource):
-    """PORT, MODEL_NAME, API_KEY and API_TOKEN, read below every EMBEDSERVE_ variable and flag: ours win
-    when both are set. API_KEY and API_TOKEN both give a key with every scope."""
+    """The originals' variables, read below every EMBEDSERVE_ variable and flag: ours win when both are
+    set. MODEL_NAME wins over DEFAULT_MODEL_NAME; API_KEY and API_TOKEN each give a key with every scope."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False

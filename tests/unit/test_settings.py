@@ -29,7 +29,8 @@ def test_flags_override_env(monkeypatch):
 
 def test_the_originals_variables_are_read_and_ours_win(monkeypatch):
     """PORT and API_KEY (the Flask server on Render), MODEL_NAME and API_TOKEN (the Embedding Service) work as they did."""
-    for name in ("PORT", "MODEL_NAME", "API_KEY", "API_TOKEN", "EMBEDSERVE_PORT", "EMBEDSERVE_MODELS", "EMBEDSERVE_API_KEYS"):
+    for name in ("PORT", "MODEL_NAME", "DEFAULT_MODEL_NAME", "API_KEY", "API_TOKEN", "EMBEDSERVE_PORT",
+                 "EMBEDSERVE_MODELS", "EMBEDSERVE_API_KEYS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PORT", "9000")
     monkeypatch.setenv("MODEL_NAME", "my-custom-model")
@@ -37,6 +38,10 @@ def test_the_originals_variables_are_read_and_ours_win(monkeypatch):
     settings = Settings()
     assert settings.port == 9000 and settings.models == ("my-custom-model",)
     assert [key.get_secret_value() for key in settings.api_keys] == ["sk-old"]
+    monkeypatch.setenv("DEFAULT_MODEL_NAME", "the-generator-one")  # the Embeddings Generator's: MODEL_NAME wins
+    assert Settings().models == ("my-custom-model",)
+    monkeypatch.delenv("MODEL_NAME")
+    assert Settings().models == ("the-generator-one",)
     monkeypatch.setenv("API_KEY", "sk-flask")
     assert sorted(key.get_secret_value() for key in Settings().api_keys) == ["sk-flask", "sk-old"]
     monkeypatch.setenv("EMBEDSERVE_PORT", "9100")
