@@ -365,15 +365,15 @@ CAN_ANSWER: dict[str, set[int]] = {
     "GET /health": set(),
     "GET /ready": {503},
     "GET /metrics": set(),
-    "POST /embedding": EMBEDS,
+    "POST /embedding": EMBEDS | {400},  # the Flask server's 400s: an empty map, empty instances
     "GET /": set(),
     "POST /embeddings": EMBEDS | {400, 404, 424, 504, 507},
     "GET /models": set(),
     "GET /model/info": {503},
     "POST /model/load": {404, 422, 424, 503, 504, 507},
     "POST /model/unload": {404, 422},
-    "GET /v1/encode": EMBEDS | {404},
-    "POST /v1/encode": EMBEDS | {404},
+    "GET /v1/encode": EMBEDS | {400},  # a model it has not loaded: 400, as that server answered
+    "POST /v1/encode": EMBEDS | {400},
     "POST /vectorize": EMBEDS,
     "POST /vectorize-batch": EMBEDS,
     # a model without the outputs a route needs: 400 naming its tasks
@@ -417,7 +417,10 @@ CAN_ANSWER: dict[str, set[int]] = {
 }
 ERROR_REF = "#/components/schemas/ErrorResponse"
 TEI_ERROR_REF = "#/components/schemas/TeiErrorResponse"
-ERROR_REFS = {"openai": [ERROR_REF], "tei": [TEI_ERROR_REF], "either": [ERROR_REF, TEI_ERROR_REF]}  # x-embedserve-errors
+DROP_IN_ERROR_REF = "#/components/schemas/DropInErrorResponse"
+ERROR_REFS = {
+    "openai": [ERROR_REF], "tei": [TEI_ERROR_REF], "either": [ERROR_REF, TEI_ERROR_REF], "drop_in": [DROP_IN_ERROR_REF]
+}  # x-embedserve-errors
 
 
 def walk(schema: dict):

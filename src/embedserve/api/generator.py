@@ -306,7 +306,7 @@ async def load_model(
     svc = service(request)
     already = svc.pool.find(model_name) is not None
     try:
-        model = await svc.pool.get_or_load(model_name)
+        model = await svc.pool.get_or_load(model_name, admin=True)
     except ModelNotFound as exc:
         if not svc.settings.load_on_demand:
             exc = ModelNotFound(f"{exc.message}; loading models is turned off (--no-load-on-demand)")

@@ -152,15 +152,16 @@ class ModelPool:
         served = ", ".join(sorted(self._models)) or "none"
         raise ModelNotFound(f"model {shown(name)} is not loaded here (loaded: {served})", param="model")
 
-    async def get_or_load(self, name: str | None) -> LoadedModel:
-        """`get`, loading the model a request names first when it is not loaded and on-demand loading is on."""
+    async def get_or_load(self, name: str | None, *, admin: bool = False) -> LoadedModel:
+        """`get`, loading the model a request names first when it is not loaded and on-demand loading is on.
+        `admin` (POST /model/load): under --no-load-on-demand, a start-up model that was unloaded may be
+        loaded back; the set of models stays the operator's, and embedding requests never load one."""
         target, model = self.lookup(name)
         if model is not None:
             model.last_used = time.monotonic()
             return model
-        startup_model = target is not None and target.lower() in self._reserved
+        startup_model = admin and target is not None and target.lower() in self._reserved
         if self._starting or not (self.settings.load_on_demand or startup_model):
-            # --no-load-on-demand fixes the set of models to the start-up ones: those still come back once unloaded
             return self.get(name)  # the right 503 or 404
         if target is None:
             if self._models:
