@@ -6,7 +6,7 @@ HOST ?= 0.0.0.0
 PORT ?= 8000
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test unit integration reliability test-gpu bench clean
+.PHONY: install serve test unit integration reliability test-gpu bench clean docker-test
 
 install: $(STAMP)
 
@@ -44,6 +44,11 @@ test-gpu: install
 bench: install
 	$(BIN)/python benchmarks/run.py --rounds 3 --lengths uniform --modes "default=;int8=--dtype int8;fp32=--dtype fp32" --out bench-results/uniform.json
 	$(BIN)/python benchmarks/run.py --rounds 3 --lengths sts --modes "default=;int8=--dtype int8;fp32=--dtype fp32" --out bench-results/sts.json
+
+# Builds the CPU image on a local Debian base and checks it (docker/test.sh, README "Docker"): needs a
+# running Docker engine and takes minutes, so it is not part of `make test` or CI. KEEP_IMAGE=1 keeps it.
+docker-test: install
+	docker/test.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
