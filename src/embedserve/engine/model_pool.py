@@ -25,6 +25,7 @@ failing to load: 424, the details in the server log only.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from functools import partial
 from pathlib import Path
 
 from embedserve.backends.base import Backend, ModelInfo
+from embedserve.engine.heap import freeze_long_lived
 from embedserve.engine.memory import resident_bytes, usable_memory_bytes, weights_on_disk
 from embedserve.engine.worker import EngineObserver, ModelWorker
 from embedserve.errors import HubTimeout, ModelLoadError, ModelNotFound, ModelTooLarge, NotReady, shown
@@ -277,6 +279,7 @@ class ModelPool:
             if startup:
                 self._reserved[alias.lower()] = model.id
         self._observer.model_loaded(model.id, backend.info, model.memory_bytes)
+        freeze_long_lived()  # the model's objects live as long as it does: no collection walks them again
         log.info("model ready", extra={"model": resolved.id, "source": resolved.source, "seconds": round(seconds, 2)})
         if not startup:
             await self._evict(keep=model)
@@ -335,6 +338,7 @@ class ModelPool:
             self._unloaded[alias.lower()] = model.id
         self._observer.model_unloaded(model.id)
         await model.worker.close(self.settings.graceful_timeout)
+        gc.unfreeze()  # its objects (cycles included) are collectable again; the next load freezes anew
         log.info("model unloaded", extra={"model": model.id})
         return model
 
