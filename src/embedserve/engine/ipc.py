@@ -17,6 +17,8 @@ connection; answers come back in any order, matched by id.
   Anything else is a 500 naming only the operation.
 * A lost engine: every call in flight, and every call until a new connection is made, fails at
   once with a 503 (`NotReady`), never hangs.
+* Events: the engine can tell every front-end something unasked (`broadcast`: the model list
+  changed); a front-end hands them to its `on_event`.
 """
 
 from __future__ import annotations
@@ -121,6 +123,13 @@ class EngineServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
 
+    async def broadcast(self, event: str, body: dict[str, Any], arrays: Sequence[np.ndarray] = ()) -> None:
+        """Send every connected front-end an event (no answer expected)."""
+        for writer in list(self._writers):
+            write_message(writer, {"event": event, "body": body}, arrays)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         running: dict[int, asyncio.Task] = {}
         self._writers.add(writer)
@@ -164,8 +173,9 @@ class EngineServer:
 class EngineClient:
     """One connection to the engine, shared by every request of a front-end process."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, on_event: Callable[[str, dict[str, Any], list[np.ndarray]], None] | None = None):
         self.path = path
+        self.on_event = on_event
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
         self._writer: asyncio.StreamWriter | None = None
@@ -214,6 +224,10 @@ class EngineClient:
         try:
             while True:
                 header, arrays = await read_message(reader)
+                if "event" in header:
+                    if self.on_event is not None:
+                        self.on_event(header["event"], header["body"], arrays)
+                    continue
                 future = self._waiting.pop(header["id"], None)
                 if future is not None and not future.done():
                     future.set_result((header, arrays))

@@ -111,3 +111,23 @@ async def test_a_lost_engine_fails_calls_in_flight_and_later_ones_with_503(wire)
     with pytest.raises(NotReady):
         await client.call("embed", {"offset": 0}, [np.zeros(1, np.int32), np.ones(1, np.int32)])
     assert not client.connected
+
+
+async def test_events_reach_every_front_end(tmp_path):
+    server = EngineServer({})
+    path = str(tmp_path / "engine.sock")
+    await server.start(path)
+    seen: list[list] = [[], []]
+    clients = [EngineClient(path, on_event=lambda e, body, arrays, i=i: seen[i].append((e, body))) for i in (0, 1)]
+    for client in clients:
+        await client.connect()
+    await asyncio.sleep(0.05)  # both connections accepted
+    await server.broadcast("models", {"ids": ["org/a"]})
+    for _ in range(100):
+        if all(seen):
+            break
+        await asyncio.sleep(0.01)
+    assert seen == [[("models", {"ids": ["org/a"]})]] * 2
+    for client in clients:
+        await client.close()
+    await server.close()
