@@ -72,30 +72,10 @@ WARMUP_FRACTION = 0.1  # untimed requests before each timed run, as a share of i
 # ---- the client process (one per workload run, pinned to CLIENT_CORE) -------------------------------
 
 def _tei_checker(dim: int | None):
-    """Checker for TEI's POST /embed answers: a list of n float lists of one size (learnt if not given)."""
-    import orjson
-    from loadgen import Reply
+    """Checker for TEI's POST /embed answers (loadgen's), and the dimension it learnt."""
+    from loadgen import tei_embed_checker
 
-    seen = {"dim": dim}
-
-    def check(resp: Reply, n: int) -> str | None:
-        if resp.status_code != 200:
-            return f"HTTP {resp.status_code}: {resp.text[:200]}"
-        try:
-            data = orjson.loads(resp.content)
-        except orjson.JSONDecodeError as exc:
-            return f"bad body: {exc!r}"
-        if not isinstance(data, list) or len(data) != n:
-            return f"expected {n} vectors, got {len(data) if isinstance(data, list) else data!r}"
-        for i, vec in enumerate(data):
-            if not isinstance(vec, list) or not vec or not isinstance(vec[0], float):
-                return f"input {i}: no float vector"
-            seen["dim"] = seen["dim"] or len(vec)
-            if len(vec) != seen["dim"]:
-                return f"input {i}: dimension {len(vec)}, expected {seen['dim']}"
-        return None
-
-    return check, seen
+    return tei_embed_checker(dim)
 
 
 def cpu_split(pid: int) -> tuple[float, float]:

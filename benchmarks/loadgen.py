@@ -179,16 +179,44 @@ def check_encodings_count(resp: Reply, n: int) -> str | None:
     return _encodings_data(resp, n)[1]
 
 
-def check_tei_sparse(resp: Reply, n: int) -> str | None:
-    """Checker for TEI-style POST /embed_sparse answers: per input a list of {index, value}."""
+def json_list(resp: Reply, n: int, what: str) -> tuple[list | None, str | None]:
+    """A 200 answer whose body is a JSON list of n items (TEI's shape), or why not."""
     if resp.status_code != 200:
-        return f"HTTP {resp.status_code}: {resp.text[:200]}"
+        return None, f"HTTP {resp.status_code}: {resp.text[:200]}"
     try:
         data = orjson.loads(resp.content)
     except orjson.JSONDecodeError as exc:
-        return f"bad body: {exc!r}"
+        return None, f"bad body: {exc!r}"
     if not isinstance(data, list) or len(data) != n:
-        return f"expected {n} sparse vectors, got {len(data) if isinstance(data, list) else data!r}"
+        return None, f"expected {n} {what}, got {len(data) if isinstance(data, list) else data!r}"
+    return data, None
+
+
+def tei_embed_checker(dim: int | None = None) -> tuple[AnswerChecker, dict]:
+    """Checker for TEI's POST /embed answers: n float lists of one size (learnt from the first if
+    not given; the dict it returns holds it)."""
+    seen = {"dim": dim}
+
+    def check(resp: Reply, n: int) -> str | None:
+        data, error = json_list(resp, n, "vectors")
+        if error is not None:
+            return error
+        for i, vec in enumerate(data):
+            if not isinstance(vec, list) or not vec or not isinstance(vec[0], float):
+                return f"input {i}: no float vector"
+            seen["dim"] = seen["dim"] or len(vec)
+            if len(vec) != seen["dim"]:
+                return f"input {i}: dimension {len(vec)}, expected {seen['dim']}"
+        return None
+
+    return check, seen
+
+
+def check_tei_sparse(resp: Reply, n: int) -> str | None:
+    """Checker for TEI-style POST /embed_sparse answers: per input a list of {index, value}."""
+    data, error = json_list(resp, n, "sparse vectors")
+    if error is not None:
+        return error
     for i, terms in enumerate(data):
         if not isinstance(terms, list) or not terms:
             return f"input {i}: no terms ({str(terms)[:80]})"
