@@ -176,3 +176,19 @@ class HFTokenizer:
         if self._whole is not None:
             return self._whole.decode_batch([list(seq) for seq in ids], skip_special_tokens=skip_special_tokens)
         return [self._tok.decode(list(seq), skip_special_tokens=skip_special_tokens) for seq in ids]
+
+
+def encode_pairs(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], *, truncate: bool, max_length: int, with_types: bool
+) -> tuple[list[TokenIds], list[TokenIds] | None]:
+    """(query, document) pairs as the model's own tokenizer joins them; cut to `max_length` by
+    cutting only the document (a query longer than the model takes is cut as a last resort).
+    Segment ids too when the model reads them (`with_types`)."""
+    queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
+    options = {"truncation": "only_second", "max_length": max_length} if truncate else {}
+    try:
+        encoded = tokenizer(queries, documents, **options)
+    except Exception:  # noqa: BLE001 - the query alone is over the length: cut both, longest first
+        encoded = tokenizer(queries, documents, truncation="longest_first", max_length=max_length)
+    types = encoded.get("token_type_ids") if with_types else None
+    return list(encoded["input_ids"]), list(types) if types is not None else None

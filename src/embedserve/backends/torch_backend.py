@@ -28,7 +28,7 @@ from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, Token, 
 from embedserve.backends.heads import BgeM3Heads, sparse_rows
 from embedserve.backends.model_config import label_names, multivector_similarity, pooling_name, usable_positions
 from embedserve.backends.multivector import MultiVectorHead
-from embedserve.backends.tokenization import HFTokenizer
+from embedserve.backends.tokenization import HFTokenizer, encode_pairs
 from embedserve.errors import ModelLoadError
 from embedserve.models.tasks import ModelKind, Task, detect_kind
 
@@ -309,15 +309,10 @@ class TorchBackend(Backend):
     ) -> tuple[list[TokenIds], list[TokenIds] | None]:
         """Pairs as the model's tokenizer joins them; cut to the model's length by cutting only the
         document (a query longer than the model takes is cut as a last resort)."""
-        tokenizer = self._pair_tokenizer
-        queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
-        options = {"truncation": "only_second", "max_length": self.info.max_seq_length} if truncate else {}
-        try:
-            encoded = tokenizer(queries, documents, **options)
-        except Exception:  # noqa: BLE001 - the query alone is over the length: cut both, longest first
-            encoded = tokenizer(queries, documents, truncation="longest_first", max_length=self.info.max_seq_length)
-        types = encoded.get("token_type_ids") if "token_type_ids" in self.model_input_names else None
-        return list(encoded["input_ids"]), list(types) if types is not None else None
+        return encode_pairs(
+            self._pair_tokenizer, pairs, truncate=truncate, max_length=self.info.max_seq_length,
+            with_types="token_type_ids" in self.model_input_names,
+        )
 
     def activate_scores(self, logits: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
