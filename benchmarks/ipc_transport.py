@@ -54,7 +54,7 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
 
 
 def write_frame(writer: asyncio.StreamWriter, header: bytes, payload: bytes) -> None:
-    writer.write(_LEN.pack(len(header), payload.nbytes if isinstance(payload, memoryview) else len(payload)))
+    writer.write(_LEN.pack(len(header), len(payload)))  # a byte memoryview's len is its size
     writer.write(header)
     writer.write(payload)
 

@@ -178,17 +178,45 @@ class HFTokenizer:
         return [self._tok.decode(list(seq), skip_special_tokens=skip_special_tokens) for seq in ids]
 
 
-def encode_pairs(
-    tokenizer: Any, pairs: Sequence[tuple[str, str]], *, truncate: bool, max_length: int, with_types: bool
-) -> tuple[list[TokenIds], list[TokenIds] | None]:
-    """(query, document) pairs as the model's own tokenizer joins them; cut to `max_length` by
-    cutting only the document (a query longer than the model takes is cut as a last resort).
-    Segment ids too when the model reads them (`with_types`)."""
-    queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
-    options = {"truncation": "only_second", "max_length": max_length} if truncate else {}
-    try:
-        encoded = tokenizer(queries, documents, **options)
-    except Exception:  # noqa: BLE001 - the query alone is over the length: cut both, longest first
-        encoded = tokenizer(queries, documents, truncation="longest_first", max_length=max_length)
-    types = encoded.get("token_type_ids") if with_types else None
-    return list(encoded["input_ids"]), list(types) if types is not None else None
+
+class HFTokenizerMethods:
+    """A backend's tokenizer methods, for a backend that tokenizes with an `HFTokenizer` (`_tokenizer`)
+    and joins (query, document) pairs with the model's own Hugging Face tokenizer (`_pair_tokenizer`):
+    the torch backend, and the weightless one of a front-end process (backends/tokenizer_only.py), so
+    both make the same ids by construction."""
+
+    _tokenizer: HFTokenizer
+    _pair_tokenizer: Any
+    model_input_names: list[str]
+    info: Any  # ModelInfo: its max_seq_length
+
+    def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
+        return self._tokenizer.tokenize(texts, truncate=truncate)
+
+    def wrap_ids(self, ids: Sequence[TokenIds], *, truncate: bool) -> list[TokenIds]:
+        return self._tokenizer.wrap_ids(ids, truncate=truncate)
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return self._tokenizer.token_texts(ids)
+
+    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[Token]]:
+        return self._tokenizer.tokens(texts, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: Sequence[TokenIds], *, skip_special_tokens: bool) -> list[str]:
+        return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def tokenize_pairs(
+        self, pairs: Sequence[tuple[str, str]], *, truncate: bool
+    ) -> tuple[list[TokenIds], list[TokenIds] | None]:
+        """Pairs as the model's tokenizer joins them; cut to the model's length by cutting only the
+        document (a query longer than the model takes is cut as a last resort). Segment ids too when
+        the model reads them."""
+        tokenizer, max_length = self._pair_tokenizer, self.info.max_seq_length
+        queries, documents = [q for q, _ in pairs], [d for _, d in pairs]
+        options = {"truncation": "only_second", "max_length": max_length} if truncate else {}
+        try:
+            encoded = tokenizer(queries, documents, **options)
+        except Exception:  # noqa: BLE001 - the query alone is over the length: cut both, longest first
+            encoded = tokenizer(queries, documents, truncation="longest_first", max_length=max_length)
+        types = encoded.get("token_type_ids") if "token_type_ids" in self.model_input_names else None
+        return list(encoded["input_ids"]), list(types) if types is not None else None

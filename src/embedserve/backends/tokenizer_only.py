@@ -15,12 +15,11 @@ the engine). Nothing here can run the network: `forward` raises.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from embedserve.backends.base import Backend, Batch, ModelInfo, Token, TokenIds
-from embedserve.backends.tokenization import HFTokenizer, encode_pairs
+from embedserve.backends.base import Backend, Batch, ModelInfo
+from embedserve.backends.tokenization import HFTokenizer, HFTokenizerMethods
 from embedserve.errors import ModelLoadError
 from embedserve.models.families import read_json
 
@@ -44,7 +43,7 @@ def transformer_folder(path: Path) -> tuple[Path, dict[str, Any]]:
     return path, {}
 
 
-class TokenizerOnlyBackend(Backend):
+class TokenizerOnlyBackend(HFTokenizerMethods, Backend):
     def __init__(self, path: str | Path, info: ModelInfo):
         if info.kind not in TOKENIZED_HERE:
             raise ModelLoadError(f"a {info.kind} model is tokenized by its own head, in the engine")
@@ -60,29 +59,6 @@ class TokenizerOnlyBackend(Backend):
         self._tokenizer = HFTokenizer(tokenizer, info.max_seq_length)
         self.pad_id = self._tokenizer.pad_id
         self.model_input_names = list(getattr(tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
-
-    def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
-        return self._tokenizer.tokenize(texts, truncate=truncate)
-
-    def wrap_ids(self, ids: Sequence[TokenIds], *, truncate: bool) -> list[TokenIds]:
-        return self._tokenizer.wrap_ids(ids, truncate=truncate)
-
-    def tokenize_pairs(
-        self, pairs: Sequence[tuple[str, str]], *, truncate: bool
-    ) -> tuple[list[TokenIds], list[TokenIds] | None]:
-        return encode_pairs(
-            self._pair_tokenizer, pairs, truncate=truncate, max_length=self.info.max_seq_length,
-            with_types="token_type_ids" in self.model_input_names,
-        )
-
-    def token_texts(self, ids: Sequence[int]) -> list[str]:
-        return self._tokenizer.token_texts(ids)
-
-    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[Token]]:
-        return self._tokenizer.tokens(texts, add_special_tokens=add_special_tokens)
-
-    def decode(self, ids: Sequence[TokenIds], *, skip_special_tokens: bool) -> list[str]:
-        return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     def forward(self, batch: Batch) -> Any:
         raise RuntimeError("a front-end process holds no weights: the engine runs the model")

@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from embedserve.backends import compiled, fidelity, score_fidelity, shared_weights
-from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, Token, TokenIds
+from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, TokenIds
 from embedserve.backends.heads import BgeM3Heads, sparse_rows
 from embedserve.backends.model_config import label_names, multivector_similarity, pooling_name, usable_positions
 from embedserve.backends.multivector import MultiVectorHead
-from embedserve.backends.tokenization import HFTokenizer, encode_pairs
+from embedserve.backends.tokenization import HFTokenizer, HFTokenizerMethods
 from embedserve.errors import ModelLoadError
 from embedserve.models.tasks import ModelKind, Task, detect_kind
 
@@ -83,7 +83,7 @@ def _loader(kind: ModelKind):
     return getattr(st, kind.loader)
 
 
-class TorchBackend(Backend):
+class TorchBackend(HFTokenizerMethods, Backend):
     def __init__(
         self, path: str | Path, *, device: str = "auto", threads: int = 0, dtype: str = "fp32",
         kind: ModelKind | None = None, compile: str = "off",
@@ -279,21 +279,6 @@ class TorchBackend(Backend):
             self._st.max_seq_length = limit
         super().limit_sequence_length(limit)
 
-    def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
-        return self._tokenizer.tokenize(texts, truncate=truncate)
-
-    def wrap_ids(self, ids: Sequence[TokenIds], *, truncate: bool) -> list[TokenIds]:
-        return self._tokenizer.wrap_ids(ids, truncate=truncate)
-
-    def token_texts(self, ids: Sequence[int]) -> list[str]:
-        return self._tokenizer.token_texts(ids)
-
-    def tokens(self, texts: Sequence[str], *, add_special_tokens: bool) -> list[list[Token]]:
-        return self._tokenizer.tokens(texts, add_special_tokens=add_special_tokens)
-
-    def decode(self, ids: Sequence[TokenIds], *, skip_special_tokens: bool) -> list[str]:
-        return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
-
     def features(self, batch: Batch) -> dict[str, torch.Tensor]:
         ids = torch.from_numpy(batch.input_ids).to(self.device)
         feats = {"input_ids": ids, "attention_mask": torch.from_numpy(batch.attention_mask).to(self.device)}
@@ -303,16 +288,6 @@ class TorchBackend(Backend):
             else:
                 feats["token_type_ids"] = torch.from_numpy(batch.token_type_ids).to(self.device)
         return feats
-
-    def tokenize_pairs(
-        self, pairs: Sequence[tuple[str, str]], *, truncate: bool
-    ) -> tuple[list[TokenIds], list[TokenIds] | None]:
-        """Pairs as the model's tokenizer joins them; cut to the model's length by cutting only the
-        document (a query longer than the model takes is cut as a last resort)."""
-        return encode_pairs(
-            self._pair_tokenizer, pairs, truncate=truncate, max_length=self.info.max_seq_length,
-            with_types="token_type_ids" in self.model_input_names,
-        )
 
     def activate_scores(self, logits: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -166,10 +166,8 @@ class ModelPool:
         if self._starting or not (self.settings.load_on_demand or startup_model):
             return self.get(name)  # the right 503 or 404
         if target is None:
-            if self._models:
-                return self.get(name)
-            # Nothing is loaded (POST /model/unload): as the Embeddings Generator did, the next embedding
-            # request brings the default model back, under the operator's rules, not a request's.
+            # The default model was asked for and nothing is loaded (POST /model/unload): as the Embeddings
+            # Generator did, the next embedding request brings it back, under the operator's rules, not a request's.
             return await self.load(self.settings.models[0])
         # A start-up model's name always means that model, whoever asks for it and however spelt.
         return await self.load(self._reserved.get(target.lower(), target), request=True)
