@@ -1,13 +1,23 @@
-"""Prometheus metrics, one registry per app (so several apps in one process don't clash)."""
+"""Prometheus metrics, one registry per app (so several apps in one process don't clash).
+
+Under `--api-processes N` every process (front-ends and engine) writes its values to files in
+PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, set by processes.py before any
+child starts), and /metrics, from whichever front-end answers, adds them up: counters and
+histograms summed, queue depth summed over live processes, a model's gauges as the engine set them.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from embedserve.backends.base import ModelInfo
 from embedserve.engine.worker import EngineObserver
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
@@ -37,21 +47,23 @@ class Metrics(EngineObserver):
             "embedserve_input_tokens", "Input tokens embedded (after truncation).", ["model"], registry=r
         )
         self.depth = Gauge(
-            "embedserve_queue_depth", "Requests queued or in flight per model.", ["model"], registry=r
+            "embedserve_queue_depth", "Requests queued or in flight per model.", ["model"], registry=r,
+            multiprocess_mode="livesum",
         )
 
         self.model_info = Gauge(
             "embedserve_model_info", "Loaded models (value 1) and how they run.",
-            ["model", "backend", "dtype", "device"], registry=r,
+            ["model", "backend", "dtype", "device"], registry=r, multiprocess_mode="livemax",
         )
         self.fidelity = Gauge(
             "embedserve_model_fidelity_cosine",
             "Cosine of the serving mode's vectors to the fp32 reference on the calibration set.",
-            ["model", "stat"], registry=r,
+            ["model", "stat"], registry=r, multiprocess_mode="livemax",
         )
         self._model_series: dict[str, list[tuple[Gauge, tuple[str, ...]]]] = {}  # to remove on unload
         self.memory = Gauge(
-            "embedserve_model_resident_bytes", "Resident memory the model added when it loaded.", ["model"], registry=r
+            "embedserve_model_resident_bytes", "Resident memory the model added when it loaded.", ["model"], registry=r,
+            multiprocess_mode="livemax",
         )
 
     # EngineObserver hooks
@@ -70,6 +82,8 @@ class Metrics(EngineObserver):
 
     def model_unloaded(self, model: str) -> None:
         for gauge, labels in self._model_series.pop(model, []):
+            if MULTIPROCESS:  # the value stays in this process's file: 0 there, as good as gone
+                gauge.labels(*labels).set(0)
             gauge.remove(*labels)
 
     def batch_done(self, model: str, size: int, tokens: int, seconds: float) -> None:
@@ -91,4 +105,8 @@ class Metrics(EngineObserver):
         self.request_duration.labels(route).observe(seconds)
 
     def render(self) -> bytes:
+        if MULTIPROCESS:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return generate_latest(registry)
         return generate_latest(self.registry)

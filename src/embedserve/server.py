@@ -271,6 +271,16 @@ def run_server(settings: Settings) -> None:
 
     configure_logging(settings.log_level, settings.log_format)
 
+    from embedserve.processes import resolve_api_processes, run_processes
+
+    front_ends = resolve_api_processes(settings)
+    if front_ends > 1:
+        from embedserve.api.auth import KeyStore
+
+        KeyStore(settings)  # a bad key file stops start-up here, not in every front-end over and over
+        run_processes(settings, front_ends)
+        return
+
     failed: list[Exception] = []
 
     def on_load_failure(exc: Exception) -> None:

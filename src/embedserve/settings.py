@@ -166,6 +166,12 @@ class Settings(BaseSettings):
         2, ge=1, le=64,
         description="Inference workers (threads running batches) per model; the cores are shared out between them.",
     )
+    api_processes: str = Field(
+        "auto", pattern=r"^(auto|[1-9][0-9]?)$",
+        description="Processes taking HTTP requests: 1 = one process does everything; N > 1 = N front-end "
+        "processes (HTTP, validation, tokenization) feeding one engine process that holds the models; auto = "
+        "1 on a CPU, min(8, cores - 2) front-ends on CUDA.",
+    )
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         (),
         description="API keys with every scope (embed, admin); repeat --api-key for several. None (and no "

@@ -62,19 +62,31 @@ def create_app(
     on_load_failure: Callable[[Exception], None] | None = None,
     embeddings_lane: bool = True,
     training_command: Sequence[str] | None = None,
+    engine_socket: str | None = None,
 ) -> FastAPI:
     """The app. Models load in the background after start-up so /health answers meanwhile.
 
     embeddings_lane: serve well-formed POST /v1/embeddings past FastAPI (api/embeddings_lane.py);
     off only in the test that checks both answer alike.
     training_command: the fine-tuning runner (`python -m embedserve.training.run`); tests pass a fake.
+    engine_socket: a front-end process of `--api-processes` (serve.py): the models, their batching and
+    the fine-tuning jobs live in the engine process listening there (engine/remote.py).
     """
     metrics = Metrics()
     keys = KeyStore(settings)  # a bad key file stops start-up here, before any model loads
-    service = EmbeddingService(
-        settings, backend_factory or default_backend_factory(settings), resolver=resolver, observer=metrics
-    )
-    training = JobManager(settings, command=training_command)
+    link = None
+    if engine_socket is not None:
+        from embedserve.engine.remote import EngineLink
+        from embedserve.training.remote import RemoteJobManager
+
+        link = EngineLink(engine_socket, settings, None, observer=metrics)
+        service: EmbeddingService = link.service
+        training: JobManager = RemoteJobManager(settings, link.client)
+    else:
+        service = EmbeddingService(
+            settings, backend_factory or default_backend_factory(settings), resolver=resolver, observer=metrics
+        )
+        training = JobManager(settings, command=training_command)
 
     async def load_all() -> None:
         try:
@@ -90,9 +102,17 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await training.start()  # marks jobs a previous server left running as interrupted
+        reload_keys_on_sighup(keys)
+        if link is not None:  # the engine loads the models; its state is mirrored
+            link.start()
+            yield
+            app.state.draining = True
+            await link.close()
+            await training.stop()
+            await service.pool.close()
+            return
         loader = asyncio.create_task(load_all())
         app.state.loader = loader
-        reload_keys_on_sighup(keys)
         yield
         app.state.draining = True
         loader.cancel()
@@ -123,6 +143,8 @@ def create_app(
     app.state.started_at = time.monotonic()  # /health's uptime
     app.state.draining = False
     app.state.load_error = None
+    if link is not None:
+        link.app_state = app.state
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

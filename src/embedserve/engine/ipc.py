@@ -212,6 +212,8 @@ class EngineClient:
                 write_message(self._writer, {"id": request_id, "op": "cancel"})
             raise
         except ConnectionError:
+            self._waiting.pop(request_id, None)
+            future.cancel()  # answered below, not through the future
             self._lost("the engine connection broke")
             raise NotReady("the engine restarted; retry shortly") from None
         finally:

@@ -59,7 +59,7 @@ async def test_unload_is_announced_and_then_encode_is_503(engine):
     _, _, client, events = engine
     await client.call("load", {"name": "org/a"})
     await client.call("unload", {"name": "org/a"})
-    assert events[-1] == {"models": []}
+    assert events[-1]["models"] == [] and "org/a" in events[-1]["unloaded"].values()  # and 503s, not 404s, for its names
     with pytest.raises(NotReady):
         await client.call("encode", {"model": "org/a", "tasks": ["embed"]}, pack_sequences([[1, 5, 2]]))
     with pytest.raises(ModelNotFound):
