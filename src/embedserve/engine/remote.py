@@ -29,6 +29,7 @@ from typing import Any
 
 from embedserve.backends.base import Backend, ModelInfo, Outputs, TokenIds
 from embedserve.backends.tokenizer_only import TokenizerOnlyBackend
+from embedserve.engine.heap import freeze_long_lived
 from embedserve.engine.ipc import EngineClient
 from embedserve.engine.ipc_codec import info_from_dict, pack_sequences, unpack_outputs
 from embedserve.engine.model_pool import LoadedModel, ModelPool
@@ -137,6 +138,8 @@ class RemotePool(ModelPool):
             models: dict[str, LoadedModel] = {}
             for entry in snapshot["models"]:
                 models[entry["id"]] = await self._mirror(entry)
+            if any(m is not self._models.get(i) for i, m in models.items()):
+                freeze_long_lived()  # a new tokenizer's objects live as long as the model: out of the collector's walk
             self._models = models
             self._reserved = dict(snapshot.get("reserved", {}))
             self._unloaded = dict(snapshot.get("unloaded", {}))
