@@ -29,12 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from embedserve.engine.engine_process import EXIT_STARTUP_FAILED, engine_main, socket_path
+from embedserve.engine.engine_process import EXIT_STARTUP_FAILED, die_with_parent, engine_main, socket_path
 from embedserve.settings import Settings
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
+STABLE_SECONDS = 10.0  # a process that lived this long restarts at once when it dies
+RESTART_BACKOFF = (0.5, 30.0)  # seconds before restarting one that died sooner: first, and most
 MAX_AUTO_FRONT_ENDS = 8
 
 
@@ -64,6 +66,7 @@ def frontend_main(settings: Settings, runtime: str, sock: socket.socket) -> None
     from embedserve.logs import configure_logging
     from embedserve.server import DrainingServer, quiet_third_parties, uvicorn_config
 
+    die_with_parent()
     quiet_third_parties()
     configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings, engine_socket=str(socket_path(Path(runtime))))
@@ -83,6 +86,9 @@ class Supervisor:
         self.front_ends: list[multiprocessing.Process] = []
         self.stopping = False
         self.failed = False
+        self._started: dict[int | None, float] = {}  # pid -> when it started
+        self._due: dict[int | None, float] = {}  # pid of a dead process -> when it may be replaced
+        self._backoff: dict[str, float] = {}  # process name -> the wait its next quick death earns
 
     def run(self) -> int:
         # Before any child starts: they inherit it, and prometheus-client reads it when imported.
@@ -121,6 +127,7 @@ class Supervisor:
             target=engine_main, args=(self.settings, str(self.runtime)), name="embedserve-engine", daemon=False
         )
         process.start()
+        self._started[process.pid] = time.monotonic()
         return process
 
     def _start_front_end(self, index: int, sock: socket.socket) -> multiprocessing.Process:
@@ -129,11 +136,12 @@ class Supervisor:
             daemon=False,
         )
         process.start()
+        self._started[process.pid] = time.monotonic()
         return process
 
     def _watch(self, sock: socket.socket) -> None:
         engine = self.engine
-        if engine is not None and not engine.is_alive():
+        if engine is not None and not engine.is_alive() and self._may_restart(engine):
             self._forget(engine)
             if engine.exitcode == EXIT_STARTUP_FAILED:
                 log.error("a start-up model failed to load; stopping")
@@ -143,11 +151,27 @@ class Supervisor:
             log.error("the engine process exited (code %s); restarted it with its models (pid %s)",
                       engine.exitcode, self.engine.pid)
         for index, process in enumerate(self.front_ends):
-            if not process.is_alive():
+            if not process.is_alive() and self._may_restart(process):
                 self._forget(process)
                 self.front_ends[index] = self._start_front_end(index, sock)
                 log.error("front-end process %s exited (code %s); started another (pid %s)",
                           process.pid, process.exitcode, self.front_ends[index].pid)
+
+    def _may_restart(self, process: multiprocessing.Process) -> bool:
+        """A process that dies soon after it started waits before its replacement starts, twice as
+        long each time (up to RESTART_BACKOFF[1]), so one that can't start doesn't spin a core."""
+        now = time.monotonic()
+        name = process.name
+        lived = now - self._started.get(process.pid, now)
+        if lived >= STABLE_SECONDS:
+            self._backoff.pop(name, None)
+        due = self._due.setdefault(process.pid, now + self._backoff.get(name, 0.0))
+        if now < due:
+            return False
+        if lived < STABLE_SECONDS:
+            self._backoff[name] = min(max(self._backoff.get(name, 0.0) * 2, RESTART_BACKOFF[0]), RESTART_BACKOFF[1])
+        self._due.pop(process.pid, None)
+        return True
 
     def _forget(self, process: multiprocessing.Process) -> None:
         """A dead process's live gauges leave the totals (its counters stay: they happened)."""

@@ -201,7 +201,9 @@ def test_a_killed_engine_gives_503_then_comes_back_with_its_models(multi):
         assert time.monotonic() < deadline, (seen, multi.log()[-3000:])
         time.sleep(0.05)
     assert seen == {200, 503} and ready_503  # never a 404 or a 500: the request-loaded model came back too
-    assert httpx.get(multi.url + "/ready").status_code == 200
+    while httpx.get(multi.url + "/ready").status_code != 200:
+        assert time.monotonic() < deadline, multi.log()[-3000:]
+        time.sleep(0.05)
 
 
 def test_metrics_count_every_front_end(multi):

@@ -64,6 +64,7 @@ class EngineHandlers:
         self.remember = remember
         self.ready = False
         self.load_error: str | None = None
+        self.restoring = False  # loading the models the engine before this one had
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -83,7 +84,7 @@ class EngineHandlers:
 
     async def announce(self) -> None:
         """Tell every front-end the model list as it is now (after a load, an eviction, an unload)."""
-        if self.remember is not None:
+        if self.remember is not None and not self.restoring:  # a restarted engine's list stays until restored
             names = [m.loaded_as or m.id for m in self.pool.models if not m.startup]
             self.remember.write_text(json.dumps(names))
         if self.server is not None:

@@ -30,11 +30,27 @@ def socket_path(runtime: Path) -> Path:
     return runtime / SOCKET_NAME
 
 
+def die_with_parent() -> None:
+    """SIGTERM this process when the supervisor dies, however it dies (SIGKILL included), so no
+    front-end or engine outlives it holding the port or the GPU (Linux's PR_SET_PDEATHSIG)."""
+    import ctypes
+    import os
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call: nobody will send it
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def engine_main(settings: Settings, runtime: str) -> None:
     """A spawned process's entry point."""
     from embedserve.logs import configure_logging
     from embedserve.server import quiet_third_parties
 
+    die_with_parent()
     quiet_third_parties()
     configure_logging(settings.log_level, settings.log_format)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
@@ -71,13 +87,17 @@ async def serve_engine(settings: Settings, runtime: Path) -> int:
             handlers.load_error = str(exc)
             await handlers.announce()
             return EXIT_STARTUP_FAILED
+        handlers.ready = True  # as in one process: ready once the operator's models are in
+        handlers.restoring = bool(remembered)
+        await handlers.announce()
         for name in remembered:
             try:
                 await service.pool.load(name, request=True)
             except Exception as exc:  # noqa: BLE001 - one that no longer loads is not a reason to stay down
                 log.warning("model %s, loaded before the engine restarted, did not load again: %s", name, exc)
-        handlers.ready = True
-        await handlers.announce()
+        if remembered:
+            handlers.restoring = False
+            await handlers.announce()
         log.info("engine ready", extra={"models": [m.id for m in service.pool.models]})
         await stop.wait()
     finally:
