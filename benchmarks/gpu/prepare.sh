@@ -18,8 +18,10 @@ download() {  # dir name==version...
 }
 version() { .venv/bin/pip show "$1" | sed -n 's/^Version: //p'; }
 needed=(fastapi starlette pydantic pydantic-core pydantic-settings uvicorn httptools orjson python-dotenv
-        annotated-types annotated-doc typing-inspection opentelemetry-api pytest-asyncio typing-extensions)
+        annotated-types annotated-doc typing-inspection opentelemetry-api pytest-asyncio typing-extensions
+        aiohttp aiohappyeyeballs aiosignal frozenlist multidict yarl propcache attrs)  # aiohttp: gpu_sweep.py's client
 download .gpu/whl $(for name in "${needed[@]}"; do echo "$name==$(version "$name")"; done)
 download .gpu/whl-fallback $(for name in pytest pluggy iniconfig anyio; do echo "$name==$(version "$name")"; done)
 .venv/bin/python .gpu/pack_model.py
+cp ../shared/data/sts-benchmark-test.tsv .gpu/  # gpu_sweep.py's texts (the device has no ../shared)
 du -sh .gpu

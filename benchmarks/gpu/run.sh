@@ -66,9 +66,13 @@ print(f", device 0: {torch.cuda.get_device_name(0)}" if torch.cuda.is_available(
 EOF
     step verify-model 90 "$PY" .gpu/verify_model.py
 
-    step 1-tests-gpu 200 "$PY" -m pytest -q -ra tests/gpu
-    step 2-tests-engine 120 "$PY" -m pytest -q -ra tests/unit/engine tests/unit/api/test_request_lifecycle.py
-    step 3-served 150 bash .gpu/served_check.sh
+    if [ "${SWEEP:-0}" = 1 ]; then  # issue 16's table: SWEEP=1 BUDGET=560 bash .gpu/run.sh (one 600 s call)
+        step gpu-sweep 450 "$PY" benchmarks/gpu_sweep.py --device cuda --budget 420 --out "$OUT/gpu_sweep.json"
+    else
+        step 1-tests-gpu 200 "$PY" -m pytest -q -ra tests/gpu
+        step 2-tests-engine 120 "$PY" -m pytest -q -ra tests/unit/engine tests/unit/api/test_request_lifecycle.py
+        step 3-served 150 bash .gpu/served_check.sh
+    fi
 
     echo
     echo "=== summary after $((SECONDS - T0))s: ${RESULTS[*]}"
