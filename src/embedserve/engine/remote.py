@@ -34,11 +34,12 @@ from embedserve.engine.ipc import EngineClient
 from embedserve.engine.ipc_codec import info_from_dict, pack_sequences, unpack_outputs
 from embedserve.engine.model_pool import LoadedModel, ModelPool
 from embedserve.engine.pending import DENSE, Admission
+from embedserve.engine import processing
 from embedserve.engine.processing import Inputs
 from embedserve.engine.service import EmbeddingService, EncodeResult, ScoreResult, SparseOptions
 from embedserve.engine.worker import EngineObserver
 from embedserve.errors import ModelLoadError, NotReady, Overloaded
-from embedserve.models.families import InputType, profile_for
+from embedserve.models.families import profile_for
 from embedserve.models.tasks import Task
 from embedserve.settings import Settings
 
@@ -214,31 +215,17 @@ class RemoteService(EmbeddingService):
         self.engine = engine
         self.pool = RemotePool(settings, client, engine)
 
-    async def encode(
-        self,
-        name: str | None,
-        inputs: Inputs,
-        tasks: frozenset[Task],
-        *,
-        dimensions: int | None = None,
-        normalize: bool | None = None,
-        input_type: InputType | None = None,
-        sparse: SparseOptions | None = None,
-        truncate: bool | None = None,
-        prompt_name: str | None = None,
-    ) -> EncodeResult:
-        model = await self.pool.get_or_load(name) if inputs else None
-        if model is None or not isinstance(model.worker.backend, TokenizedInEngine):
-            return await super().encode(
-                name, inputs, tasks, dimensions=dimensions, normalize=normalize, input_type=input_type,
-                sparse=sparse, truncate=truncate, prompt_name=prompt_name,
-            )
-        # Tokenized by the model's own head in the engine: the whole request is the engine's.
+    async def encode(self, name: str | None, inputs: Inputs, tasks: frozenset[Task], **options: Any) -> EncodeResult:
+        """`EmbeddingService.encode`; for a model tokenized by its own head in the engine, the whole request
+        is the engine's (`options` are that method's keywords)."""
+        processing.check_inputs(inputs, self.settings.max_inputs)  # before the model, as in one process
+        model = await self.pool.get_or_load(name)
+        if not isinstance(model.worker.backend, TokenizedInEngine):
+            return await super().encode(name, inputs, tasks, **options)
+        sparse: SparseOptions | None = options.pop("sparse", None)
         args = {
-            "model": model.id, "inputs": list(inputs), "tasks": sorted(t.value for t in tasks),
-            "dimensions": dimensions, "normalize": normalize, "input_type": input_type,
+            **options, "model": model.id, "inputs": list(inputs), "tasks": sorted(t.value for t in tasks),
             "top_k": sparse.top_k if sparse else None, "min_weight": sparse.min_weight if sparse else None,
-            "truncate": truncate, "prompt_name": prompt_name,
         }
         header, arrays = await self.client.call("encode_texts", args)
         outputs = unpack_outputs(header, arrays)
