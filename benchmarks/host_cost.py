@@ -1,14 +1,24 @@
-"""CPU cost of one embedserve process's host path, per request and per sentence, with free inference.
+"""CPU cost of embedserve's host path, per request and per sentence, with free inference.
 
 The server is benchmarks/host_cost_server.py (the real app, uvicorn set up as `embedserve serve`
 sets it up, the real all-MiniLM-L6-v2 tokenizer, inference stubbed: see its docstring), started
 pinned to core 0 (`taskset -c 0`), so every thread it has shares that one core. The load
 generator (benchmarks/loadgen.py's closed-loop aiohttp client) runs in its own process pinned
-to core 1 (`taskset -c 1`), one process per workload run. The figure is the server process's
-CPU time (user + system, all its threads, from /proc/<pid>/stat via psutil) over the timed run,
-divided by the requests and sentences answered; throughput is reported too, but it is the
-less robust number (it depends on whether the client or the server's core is the bottleneck,
-and on whatever else runs on the machine).
+to core 1 (`taskset -c 1`), one process per workload run. The figure is the server's CPU time
+(user + system, all threads of the server process and of every process under it, from
+/proc/<pid>/stat via psutil) over the timed run, divided by the requests and sentences answered;
+throughput is reported too, but it is the less robust number (it depends on whether the client
+or the server's core is the bottleneck, and on whatever else runs on the machine).
+
+`--api-processes N` (default 1: one process does everything) runs the server as
+`embedserve serve --api-processes N` does (host_cost_server.py's docstring): a supervisor, N
+front-end processes and one engine process (plus multiprocessing's resource tracker), all on
+core 0 (affinity is inherited), and the CPU time is that of the whole tree: the extra processes
+and the front-end -> engine IPC are part of what the option costs. Every process is there
+before the first timed run (the driver waits until /ready has answered from the front-ends);
+a run whose process tree changed meanwhile is flagged (`server_tree_changed`). Garbage
+collections are not timed apart with N > 1 (--gc-stats covers one process): the columns built
+on them show "-", and the headline figure is the measured CPU, collections included.
 
 Workloads, each against OpenAI's POST /v1/embeddings (`{"input": [...], "model": ...}`) and
 TEI's POST /embed (`{"inputs": [...]}`):
@@ -39,6 +49,7 @@ same session (alternating runs), and check the speed figure moved little.
 
     .venv/bin/python benchmarks/host_cost.py --rounds 3
     .venv/bin/python benchmarks/host_cost.py --rounds 3 --fake --out bench-results/host-cost-fake.json
+    .venv/bin/python benchmarks/host_cost.py --rounds 3 --api-processes 2 --out bench-results/host-cost-p2.json
 """
 
 from __future__ import annotations
@@ -78,7 +89,26 @@ def _tei_checker(dim: int | None):
     return tei_embed_checker(dim)
 
 
-def cpu_split(pid: int) -> tuple[float, float]:
+def server_tree(pid: int) -> list[int]:
+    """`pid` and every living process under it (recursive), from /proc/<pid>/task/<tid>/children."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+            except FileNotFoundError:
+                pass
+    return sorted(set(pids))
+
+
+def _cpu_split_one(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of every thread of `pid`, living or ended (/proc/<pid>/stat)."""
     try:
         import psutil
@@ -90,6 +120,28 @@ def cpu_split(pid: int) -> tuple[float, float]:
             fields = fh.read().rsplit(")", 1)[1].split()
         tick = os.sysconf("SC_CLK_TCK")
         return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+def cpu_split(pid: int, pids: list[int] | None = None) -> tuple[float, float]:
+    """(user, system) CPU seconds of the server: `pid` and every process under it (or `pids`).
+    With --api-processes 1 that is the one server process; a process gone meanwhile counts 0."""
+    user = system = 0.0
+    for one in server_tree(pid) if pids is None else pids:
+        try:
+            u, s = _cpu_split_one(one)
+        except (OSError, ProcessLookupError) + _psutil_errors():
+            continue
+        user, system = user + u, system + s
+    return user, system
+
+
+def _psutil_errors() -> tuple[type[BaseException], ...]:
+    try:
+        import psutil
+
+        return (psutil.NoSuchProcess, psutil.AccessDenied)
+    except ImportError:
+        return ()
 
 
 def cpu_seconds(pid: int) -> float:
@@ -182,13 +234,15 @@ def client_main(spec: dict) -> None:
         raise SystemExit(f"warm-up failed: {warm['error_samples']} timed_out={warm['timed_out']}")
 
     gc0 = gc_snapshot(pid, spec.get("gc_stats"))  # before the CPU bracket: the dump itself costs the server
-    split0, core0, core1 = cpu_split(pid), core_times(SERVER_CORE), core_times(CLIENT_CORE)
+    tree0 = server_tree(pid)
+    split0, core0, core1 = cpu_split(pid, tree0), core_times(SERVER_CORE), core_times(CLIENT_CORE)
     cpu0 = sum(split0)
     self0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.perf_counter()
     res = load(spec["requests"], 0, dim)
     wall = time.perf_counter() - wall0
-    split1 = cpu_split(pid)
+    tree1 = server_tree(pid)
+    split1 = cpu_split(pid, tree1)
     cpu = sum(split1) - cpu0
     system = split1[1] - split0[1]
     core0b, core1b = core_times(SERVER_CORE), core_times(CLIENT_CORE)
@@ -205,6 +259,7 @@ def client_main(spec: dict) -> None:
         "requests_per_s": res["requests_per_s"], "sentences_per_s": res["sentences_per_s"],
         "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"],
         "server_cpu_s": round(cpu, 4),
+        "server_processes": len(tree1), "server_tree_changed": tree0 != tree1,
         "server_cpu_ms_per_request": round(1000 * cpu / requests, 4) if requests else None,
         "server_cpu_us_per_sentence": round(1e6 * cpu / sentences, 3) if sentences else None,
         "server_core_util": round(cpu / wall, 4),
@@ -261,8 +316,8 @@ def python_bin() -> str:
 
 
 class Server:
-    def __init__(self, cmd: list[str], port: int, log_path: Path):
-        self.cmd, self.port, self.log_path = cmd, port, log_path
+    def __init__(self, cmd: list[str], port: int, log_path: Path, api_processes: int = 1):
+        self.cmd, self.port, self.log_path, self.api_processes = cmd, port, log_path, api_processes
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float) -> None:
@@ -277,14 +332,25 @@ class Server:
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
+        # One process: its first 200 is enough. N front-ends: each turns ready on its own (within a
+        # second of the engine, remote.py's REFRESH_SECONDS), and a connection reaches whichever
+        # accepts it first: many 200s in a row on new connections, over more than that second.
+        wanted, streak, first_ok = (1, 0.0) if self.api_processes == 1 else (40, 2.0), 0, None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
             try:
-                if httpx.get(f"http://{HOST}:{self.port}/ready", timeout=2.0, trust_env=False).status_code == 200:
-                    return
+                ok = httpx.get(f"http://{HOST}:{self.port}/ready", timeout=2.0, trust_env=False).status_code == 200
             except httpx.HTTPError:
-                pass
+                ok = False
+            if ok:
+                streak += 1
+                first_ok = first_ok or time.monotonic()
+                if streak >= wanted[0] and time.monotonic() - first_ok >= wanted[1]:
+                    return
+                time.sleep(0.05)
+                continue
+            streak, first_ok = 0, None
             time.sleep(0.25)
         raise RuntimeError(f"server not ready within {timeout:g} s; see {self.log_path}")
 
@@ -295,16 +361,23 @@ class Server:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(self.proc.pid, sig)  # its own session: only the server is in it
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(timeout=wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        # SIGTERM to the server alone: with --api-processes N it is the supervisor, which drains the
+        # front-ends, then stops the engine. What is left after that is killed, the whole session.
+        try:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: only the server and its children
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
 
 
 def run_client(spec: dict, timeout: float) -> dict:
@@ -320,7 +393,7 @@ MEDIAN_KEYS = (
     "server_core_util", "server_system_share", "core0_busy_util", "core0_irq_util", "core0_steal_util", "client_core_util", "core1_busy_util",
     "others_core0_util", "others_core1_util", "gc_ms_per_request", "gc_share_of_server_cpu",
     "server_cpu_ms_per_request_excl_full_gc",
-    "p50_ms", "p99_ms",
+    "p50_ms", "p99_ms", "server_processes",
 )
 
 
@@ -333,7 +406,8 @@ def summarize(rounds: list[list[dict]]) -> list[dict]:
                 continue
             row = {"workload": workload, "route": route, "path": path, "rounds": len(runs),
                    "clients": runs[0]["clients"], "batch": runs[0]["batch"], "requests": runs[0]["requests"],
-                   "errors": sum(r["errors"] for r in runs), "timed_out": any(r["timed_out"] for r in runs)}
+                   "errors": sum(r["errors"] for r in runs), "timed_out": any(r["timed_out"] for r in runs),
+                   "server_tree_changed": any(r.get("server_tree_changed") for r in runs)}
             for key in MEDIAN_KEYS:
                 values = [r[key] for r in runs if r.get(key) is not None]
                 row[key] = round(statistics.median(values), 4) if values else None
@@ -358,8 +432,12 @@ def summarize(rounds: list[list[dict]]) -> list[dict]:
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         (
-            f"Host-path CPU of one embedserve process ({meta['backend']}; inference stubbed), "
-            f"server on core {SERVER_CORE}, client on core {CLIENT_CORE}"
+            (f"Host-path CPU of one embedserve process ({meta['backend']}; inference stubbed), "
+             if meta.get("api_processes", 1) == 1 else
+             f"Host-path CPU of embedserve --api-processes {meta['api_processes']} (supervisor, "
+             f"{meta['api_processes']} front-ends, engine; CPU of the whole process tree; {meta['backend']}; "
+             "inference stubbed), ")
+            + f"server on core {SERVER_CORE}, client on core {CLIENT_CORE}"
         ),
         (
             f"CPU: {meta['cpu_model']} ({meta['cpu_count']} CPUs); commit {meta['git_commit']}"
@@ -392,7 +470,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {_num(r.get('server_cpu_ms_per_request_excl_full_gc'))} | {full} "
             f"| {100 * r['server_core_util']:.0f}% | {100 * r['client_core_util']:.0f}% "
             f"| {100 * r['others_core0_util']:.0f}% / {100 * r['others_core1_util']:.0f}% | {r['p50_ms']:.2f} "
-            f"| {r['errors']}{' TIMED OUT' if r['timed_out'] else ''} |"
+            f"| {r['errors']}{' TIMED OUT' if r['timed_out'] else ''}"
+            f"{' PROCESS TREE CHANGED' if r.get('server_tree_changed') else ''} |"
         )
     lines += [
         "",
@@ -402,6 +481,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
             "'others on core N': CPU time of anything else on that core (other processes, interrupts)."
         ),
     ]
+    if meta.get("api_processes", 1) > 1:
+        lines.append(f"With --api-processes {meta['api_processes']} no garbage collection is timed apart: "
+                     "server CPU-ms/req is the measured CPU of the whole process tree, collections included.")
     return "\n".join(lines)
 
 
@@ -434,6 +516,8 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=None,
                    help=f"timed requests per single-sentence run (default {DEFAULT_REQUESTS['single']}); "
                         f"bulk runs get {DEFAULT_REQUESTS['bulk']}/{DEFAULT_REQUESTS['single']} of it")
+    p.add_argument("--api-processes", type=int, default=1,
+                   help="N > 1: serve with N front-end processes and one engine process (the CPU is the whole tree's)")
     p.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     p.add_argument("--timeout", type=float, default=120.0, help="bound per workload run, seconds")
     p.add_argument("--startup-timeout", type=float, default=180.0)
@@ -445,6 +529,10 @@ def main() -> int:
         return 0
     if (os.cpu_count() or 1) < 2:
         p.error("needs 2 CPUs: the server on one, the load generator on the other")
+    if args.api_processes < 1:
+        p.error("--api-processes must be at least 1")
+    if args.api_processes > 1 and args.fake:
+        p.error("--fake needs --api-processes 1: the front-ends tokenize with the model's real tokenizer")
 
     try:  # the driver mostly sleeps; keep even that off the server's core
         os.sched_setaffinity(0, {CLIENT_CORE})
@@ -460,9 +548,13 @@ def main() -> int:
     if args.fake:
         cmd.append("--fake")
     gc_stats = out.parent / "logs" / f"host-cost-gc-{os.getpid()}.json"
-    cmd += ["--gc-stats", str(gc_stats)]
+    if args.api_processes == 1:
+        cmd += ["--gc-stats", str(gc_stats)]
+    else:
+        cmd += ["--api-processes", str(args.api_processes)]
     backend = "FakeBackend whitespace tokenizer" if args.fake else "all-MiniLM-L6-v2 tokenizer (TorchBackend)"
-    server = Server(cmd, port, out.parent / "logs" / f"host-cost-server{'-fake' if args.fake else ''}.log")
+    log_name = f"host-cost-server{'-fake' if args.fake else ''}{f'-p{args.api_processes}' if args.api_processes > 1 else ''}"
+    server = Server(cmd, port, out.parent / "logs" / f"{log_name}.log", args.api_processes)
     meta = {
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git_commit": git("rev-parse", "HEAD"),
@@ -470,20 +562,30 @@ def main() -> int:
         # the host path's own code: what a before/after comparison must know differed
         "git_changed_src": (git("status", "--porcelain", "--", "src") or "").splitlines(),
         "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg(),
-        "backend": backend, "fake": args.fake, "rounds": args.rounds, "server_cmd": cmd,
+        "backend": backend, "fake": args.fake, "api_processes": args.api_processes, "rounds": args.rounds,
+        "server_cmd": cmd,
         "workloads": {k: {"clients": c, "batch": b, "requests": requests[k]} for k, (c, b) in WORKLOADS.items()},
         "routes": ROUTES, "texts": "sentences.load_workload('uniform')",
     }
-    print(f"{backend}; server on core {SERVER_CORE}, clients on core {CLIENT_CORE}; {args.rounds} round(s); "
+    print(f"{backend}; --api-processes {args.api_processes}; server on core {SERVER_CORE}, clients on core "
+          f"{CLIENT_CORE}; {args.rounds} round(s); "
           f"requests per run {requests}", flush=True)
     started = time.monotonic()
     rounds: list[list[dict]] = []
     meta["calibration_ms_start"] = calibrate(SERVER_CORE)
     try:
         server.start(args.startup_timeout)
-        affinity = sorted(os.sched_getaffinity(server.pid))
-        if affinity != [SERVER_CORE]:
-            raise RuntimeError(f"server pid {server.pid} runs on cores {affinity}, not [{SERVER_CORE}]")
+        tree = server_tree(server.pid)
+        for pid in tree:
+            affinity = sorted(os.sched_getaffinity(pid))
+            if affinity != [SERVER_CORE]:
+                raise RuntimeError(f"server process {pid} runs on cores {affinity}, not [{SERVER_CORE}]")
+        if args.api_processes > 1 and len(tree) < args.api_processes + 2:  # + supervisor, engine (+ tracker)
+            raise RuntimeError(f"server tree {tree}: expected a supervisor, {args.api_processes} front-ends, an engine")
+        meta["server_processes"] = len(tree)
+        stubbed = server.log_path.read_text(errors="replace").count("with inference stubbed")
+        if stubbed < 1:  # logged by the stubbed factory, in the engine process with N > 1
+            raise RuntimeError(f"the server did not log its inference stub; see {server.log_path}")
         idle0 = cpu_seconds(server.pid)
         time.sleep(2.0)
         meta["server_idle_core_util"] = round((cpu_seconds(server.pid) - idle0) / 2.0, 4)
@@ -495,7 +597,8 @@ def main() -> int:
                     spec = {"url": f"http://{HOST}:{port}", "server_pid": server.pid, "route": route,
                             "workload": workload, "clients": clients, "batch": batch, "requests": requests[workload],
                             "warmup_requests": max(2 * clients, int(WARMUP_FRACTION * requests[workload])),
-                            "timeout": args.timeout, "gc_stats": str(gc_stats)}
+                            "timeout": args.timeout,
+                            "gc_stats": str(gc_stats) if args.api_processes == 1 else None}
                     r = run_client(spec, args.timeout * 2 + 60)
                     this_round.append(r)
                     print(f"  round {i + 1} {workload:<6} {r['path']:<15} {r['requests_per_s']:>8.1f} req/s "
@@ -504,7 +607,8 @@ def main() -> int:
                           f"server core {100 * r['server_core_util']:.0f}% "
                           f"core0 busy {100 * r['core0_busy_util']:.0f}%  client {100 * r['client_core_util']:.0f}% "
                           f"core1 busy {100 * r['core1_busy_util']:.0f}%  full GCs {r.get('gc_full_collections', '-')} "
-                          f"({r.get('gc_full_s', 0):.2f} s)  errors {r['errors']}", flush=True)
+                          f"({r.get('gc_full_s', 0):.2f} s)  processes {r['server_processes']}"
+                          f"{' (CHANGED)' if r['server_tree_changed'] else ''}  errors {r['errors']}", flush=True)
             rounds.append(this_round)
     except KeyboardInterrupt:
         print("interrupted; server stopped", file=sys.stderr)
@@ -520,7 +624,7 @@ def main() -> int:
     print("\n" + table)
     out.write_text(json.dumps({**meta, "summary": rows, "rounds": rounds, "markdown": table}, indent=2))
     print(f"\nresults written to {out} ({meta['total_s']} s)")
-    return 1 if any(r["errors"] or r["timed_out"] for r in rows) else 0
+    return 1 if any(r["errors"] or r["timed_out"] or r["server_tree_changed"] for r in rows) else 0
 
 
 if __name__ == "__main__":

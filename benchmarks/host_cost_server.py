@@ -32,7 +32,19 @@ reading, pydantic/lane validation, tokenization inline or in a thread, admission
 planning, the GATHER_WAIT, the executor hop, result scattering, normalisation, orjson response
 encoding, metrics, request logging) is the real code.
 
-    python benchmarks/host_cost_server.py --port 8130 [--fake] [--gc-stats FILE]
+    python benchmarks/host_cost_server.py --port 8130 [--fake] [--gc-stats FILE] [--api-processes N]
+
+`--api-processes N` (N > 1): the server as `embedserve serve --api-processes N` runs it: the real
+`embedserve.processes.Supervisor` binds the socket and spawns N front-end processes (the real
+`frontend_main`: each builds the model's tokenizer from its files itself, as it always does) and
+one engine process. The engine's target is `stubbed_engine_main` below (the supervisor's
+`engine_main` is swapped for it in this process before the supervisor starts; spawn pickles it by
+reference to this module, which the child imports as `__mp_main__`): it replaces
+`embedserve.api.app.default_backend_factory`, the factory `engine_main` builds its models with,
+by the stubbed one above, then runs the real `engine_main`. So the engine's batching, IPC and
+normalisation are real and only `encode` is stubbed, exactly as in one process. Every process
+inherits this one's CPU affinity. `--fake` is refused with N > 1 (the front-ends would still
+tokenize with the real tokenizer), and so is `--gc-stats` (it covers this one process only).
 
 `--gc-stats FILE`: on SIGUSR1 the server writes to FILE (JSON) how many cyclic garbage
 collections each generation has run and the seconds spent in them (timed by a `gc.callbacks`
@@ -45,6 +57,7 @@ Used by benchmarks/host_cost.py, which pins it to one core and measures its CPU 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import logging
@@ -134,6 +147,26 @@ def backend_factory(settings: Settings, fake: bool):
     return build
 
 
+def stubbed_engine_main(fake: bool, settings: Settings, runtime: str) -> None:
+    """The engine process of --api-processes N > 1: the real `engine_main` with its backend factory
+    replaced by `backend_factory` (inference stubbed), as `create_app` gets it in one process."""
+    import embedserve.api.app as app_module
+    from embedserve.engine.engine_process import engine_main
+
+    app_module.default_backend_factory = lambda s: backend_factory(s, fake)  # serve_engine looks it up at call time
+    engine_main(settings, runtime)
+
+
+def run_supervised(settings: Settings, api_processes: int, fake: bool) -> int:
+    """--api-processes N > 1: the real Supervisor, its engine process stubbed."""
+    from embedserve import processes
+
+    if not callable(getattr(processes, "engine_main", None)):
+        raise RuntimeError("embedserve.processes no longer starts the engine through `engine_main`; update the stub")
+    processes.engine_main = functools.partial(stubbed_engine_main, fake)  # Supervisor._start_engine's target
+    return processes.Supervisor(settings, api_processes).run()
+
+
 def watch_gc(path: Path) -> None:
     """Count collections and time spent in them per generation; SIGUSR1 writes the totals to `path`."""
     totals = {g: {"collections": 0, "seconds": 0.0} for g in range(3)}
@@ -162,7 +195,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8130)
     parser.add_argument("--fake", action="store_true", help="FakeBackend (whitespace tokenizer) instead of the real one")
     parser.add_argument("--gc-stats", type=Path, default=None, help="on SIGUSR1, write garbage-collection totals here")
+    parser.add_argument("--api-processes", type=int, default=1,
+                        help="N > 1: the real Supervisor, N front-end processes and one (stubbed) engine process")
     args = parser.parse_args()
+    if args.api_processes < 1:
+        parser.error("--api-processes must be at least 1")
+    if args.api_processes > 1 and args.fake:
+        parser.error("--fake needs --api-processes 1: the front-ends tokenize with the model's real tokenizer")
+    if args.api_processes > 1 and args.gc_stats is not None:
+        parser.error("--gc-stats needs --api-processes 1: it covers this one process only")
     if args.gc_stats is not None:
         watch_gc(args.gc_stats)
 
@@ -174,8 +215,16 @@ def main() -> None:
     # interrupted: a private one keeps this server away from any other server's jobs.
     state_dir = Path(tempfile.mkdtemp(prefix="embedserve-host-cost-"))
     try:
-        settings = Settings(host="127.0.0.1", port=args.port, state_dir=state_dir)
+        extra = {"api_processes": str(args.api_processes)} if args.api_processes > 1 else {}
+        settings = Settings(host="127.0.0.1", port=args.port, state_dir=state_dir, **extra)
         configure_logging(settings.log_level, settings.log_format)
+        if args.api_processes > 1:
+            log.warning("host-cost server: %d front-end processes, one engine process (inference stubbed)",
+                        args.api_processes)
+            code = run_supervised(settings, args.api_processes, args.fake)
+            if code:
+                sys.exit(code)
+            return
         failed: list[Exception] = []
 
         def on_load_failure(exc: Exception) -> None:
