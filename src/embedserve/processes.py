@@ -29,7 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from embedserve.engine.engine_process import EXIT_STARTUP_FAILED, die_with_parent, engine_main, socket_path
+from embedserve.engine.engine_process import (
+    EXIT_STARTUP_FAILED, SUPERVISOR_PID, die_with_parent, engine_main, socket_path,
+)
 from embedserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,7 @@ class Supervisor:
     def run(self) -> int:
         # Before any child starts: they inherit it, and prometheus-client reads it when imported.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
+        os.environ[SUPERVISOR_PID] = str(os.getpid())
         from embedserve.server import uvicorn_config
 
         sock = uvicorn_config(self.settings, "embedserve:app").bind_socket()

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 EXIT_STARTUP_FAILED = 3
 SOCKET_NAME = "engine.sock"
+SUPERVISOR_PID = "EMBEDSERVE_SUPERVISOR_PID"  # set by processes.py for its children (PID 1 in a container is fine)
 
 
 def socket_path(runtime: Path) -> Path:
@@ -41,7 +42,8 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the parent died before the call: nobody will send it
+    supervisor = os.environ.get(SUPERVISOR_PID)
+    if supervisor and os.getppid() != int(supervisor):  # it died before the call: nobody will send it
         os.kill(os.getpid(), signal.SIGTERM)
 
 
