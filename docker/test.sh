@@ -297,6 +297,34 @@ else fail "--network none: the default model did not serve"; docker logs --tail 
 fi
 docker rm -f -v "$C_PORT" "$C_MODEL" "$C_OFFLINE" >/dev/null 2>&1
 
+# --- --api-processes 2: the supervisor as PID 1, two front-ends and an engine; docker stop drains -----
+log "EMBEDSERVE_API_PROCESSES=2"
+C_PROCS=$TAG-procs
+P_PROCS=$(free_port)
+CONTAINERS+=("$C_PROCS")
+docker run -d --name "$C_PROCS" -e EMBEDSERVE_API_PROCESSES=2 -p "127.0.0.1:$P_PROCS:8000" "$IMAGE" >/dev/null
+if t=$(wait_ready "http://127.0.0.1:$P_PROCS/ready" "$READY_TIMEOUT" "$C_PROCS"); then
+    served=$("$VENV_PY" - "$P_PROCS" 2>&1 <<'EOF'
+import json, sys, urllib.request
+req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/v1/embeddings", data=b'{"input": ["a", "b"]}',
+                             headers={"Content-Type": "application/json"})
+print(sum(len(d["embedding"]) == 384 for d in json.load(urllib.request.urlopen(req, timeout=60))["data"]))
+EOF
+)
+    children=$(docker top "$C_PROCS" -eo pid,args 2>/dev/null | grep -c "multiprocessing.spawn")
+    stop_start=$SECONDS
+    docker stop -t 60 "$C_PROCS" >/dev/null
+    code=$(docker inspect --format '{{.State.ExitCode}}' "$C_PROCS")
+    if [[ $served == 2 ]] && (( children >= 3 )) && [[ $code == 0 ]]; then
+        pass "EMBEDSERVE_API_PROCESSES=2: /ready in ${t}s, 2 vectors of 384, $children child processes; docker stop exited 0 in $(( SECONDS - stop_start ))s"
+    else
+        fail "EMBEDSERVE_API_PROCESSES=2: vectors '$served', child processes $children, exit code $code"; docker logs --tail 30 "$C_PROCS"
+    fi
+else
+    fail "EMBEDSERVE_API_PROCESSES=2: never ready"; docker logs --tail 30 "$C_PROCS"
+fi
+docker rm -f -v "$C_PROCS" >/dev/null 2>&1
+
 # --- no extra CA in the image ---------------------------------------------------------------------
 # The certificates of $CA_BUNDLE that the image's own bundles lack (this machine's proxy CAs) are
 # the ones the build saw through the secret; none of their text may be anywhere in the image's
