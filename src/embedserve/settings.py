@@ -118,6 +118,13 @@ class Settings(BaseSettings):
         "bf16, kept if the calibration set runs >= 1.1x faster than eager (costs 10-25 s at load, less once "
         "cached under --cache-dir); on = every torch model (a failure refuses the model); off = never.",
     )
+    cuda_graphs: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="CUDA graphs of the torch encoder on CUDA, one per padded (batch size, length) bucket (sizes "
+        "1-64 up to --max-batch-size, lengths 16-256 up to the model's maximum); other batches run eager. auto = "
+        "captured at load, kept if the calibration set runs >= 1.05x faster and the outputs match eager; on = "
+        "capture or refuse the model; off = never. No effect on CPU.",
+    )
     min_fidelity: float = Field(
         0.99, ge=0, le=1,
         description="Least mean cosine to the fp32 reference on the calibration set for a reduced-precision mode "

@@ -105,6 +105,8 @@ class ModelInfo:
     shared_weights_bytes: int = 0  # of weights_bytes, held once with other loaded models (LoRA adapters' base)
     compiled: bool = False  # the encoder runs torch.compile'd (backends/compiled.py)
     compile_speedup: float | None = None  # compiled over eager on the calibration set, where it was tried
+    cuda_graphs: bool = False  # the encoder replays CUDA graphs for batches that fit a bucket (backends/cuda_graphs.py)
+    cuda_graphs_speedup: float | None = None  # graphs over eager on the calibration set, where they were measured
     tasks: frozenset[Task] = frozenset({Task.EMBED})
     kind: str = "sentence-transformer"  # models/tasks.py ModelKind.name
     multivector_dimension: int | None = None

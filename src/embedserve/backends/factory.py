@@ -181,4 +181,7 @@ def _build(backend: str, dtype: str, device: str, settings: Settings, path: Path
             cache_dir=settings.cache_dir,
             quantization_target=max(settings.min_fidelity, settings.int8_target),
         )
-    return TorchBackend(path, device=device, threads=intra_op_threads(settings), dtype=dtype, compile=settings.torch_compile)
+    return TorchBackend(
+        path, device=device, threads=intra_op_threads(settings), dtype=dtype, compile=settings.torch_compile,
+        graphs=settings.cuda_graphs, max_batch_size=settings.max_batch_size,
+    )

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedserve.backends import compiled, fidelity, score_fidelity, shared_weights
+from embedserve.backends import compiled, cuda_graphs, fidelity, score_fidelity, shared_weights
 from embedserve.backends.base import Backend, Batch, ModelInfo, Outputs, TokenIds
 from embedserve.backends.heads import BgeM3Heads, sparse_rows
 from embedserve.backends.model_config import label_names, multivector_similarity, pooling_name, usable_positions
@@ -86,7 +86,7 @@ def _loader(kind: ModelKind):
 class TorchBackend(HFTokenizerMethods, Backend):
     def __init__(
         self, path: str | Path, *, device: str = "auto", threads: int = 0, dtype: str = "fp32",
-        kind: ModelKind | None = None, compile: str = "off",
+        kind: ModelKind | None = None, compile: str = "off", graphs: str = "off", max_batch_size: int = 64,
     ):
         from sentence_transformers.base.modules.normalize import Normalize
 
@@ -107,6 +107,7 @@ class TorchBackend(HFTokenizerMethods, Backend):
         self._autocast: torch.dtype | None = None  # CPU bf16: matmuls in bf16, the rest fp32
         self._compile_mode = compile  # auto / on / off (backends/compiled.py)
         self._compiled = None  # the torch.compile'd encoder, when it serves (run-only once warmed)
+        self._graphs: cuda_graphs.GraphRunner | None = None  # CUDA graphs per bucket, when they serve
         self._poolers = [m for m in modules[1:] if not isinstance(m, Normalize)]
         normalize = any(isinstance(m, Normalize) for m in modules[1:])
         pooling = next((pooling_name(m) for m in self._poolers if "pool" in type(m).__name__.lower()), "none")
@@ -155,6 +156,8 @@ class TorchBackend(HFTokenizerMethods, Backend):
             self._share_weights()
             if compile == "on":
                 self._compile(self._calibration_seconds())
+        if graphs != "off":
+            self._capture_graphs(graphs, max_batch_size)
         weights = sum(p.numel() * p.element_size() for p in st.parameters())
         self.info = replace(self.info, weights_bytes=weights, shared_weights_bytes=self._shared_bytes)
         log.info("loaded %s on %s: %s", path, self.device, self.info)
@@ -253,6 +256,29 @@ class TorchBackend(HFTokenizerMethods, Backend):
         measured = round(speedup, 2) if error is None else None
         self.info = replace(self.info, compiled=self._compiled is not None, compile_speedup=measured)
 
+    def _capture_graphs(self, mode: str, max_batch_size: int) -> None:
+        """--cuda-graphs (backends/cuda_graphs.py): graph the encoder per bucket on CUDA, keep as measured."""
+        if not self.device.startswith("cuda"):
+            log.debug("--cuda-graphs %s has no effect on %s", mode, self.device)
+            return
+        reason = cuda_graphs.unsupported(self.kind.name, self._compiled is not None, self._autocast is not None)
+        if reason is not None:
+            if mode == "on":
+                raise ModelLoadError(f"--cuda-graphs on cannot serve this model: {reason}; use auto or off")
+            log.info("no CUDA graphs: %s", reason)
+            return
+        grid = cuda_graphs.buckets(max_batch_size, self.info.max_seq_length)
+        runner, speedup = cuda_graphs.choose(
+            mode,
+            lambda: cuda_graphs.GraphRunner(self._encoder, self.features, self.pad_id, grid, precision=self._precision),
+            lambda runner: setattr(self, "_graphs", runner),
+            self._calibration_seconds(),
+            lambda runner: cuda_graphs.compare(
+                cuda_graphs.calibration_batches(self), self.forward, runner.forward, runner.output_keys
+            ),
+        )
+        self.info = replace(self.info, cuda_graphs=runner is not None, cuda_graphs_speedup=speedup)
+
     def _one_input(self) -> Batch:
         """A batch of one input: dynamo gives size 1 its own graph, so warm-up compiles it too."""
         if self.kind.name == "cross-encoder":
@@ -270,6 +296,7 @@ class TorchBackend(HFTokenizerMethods, Backend):
     def release_encoder(self) -> None:
         """Drop the torch encoder weights once another engine runs the forward pass."""
         self._encoder = None
+        self._graphs = None
         self._st = None
 
     def limit_sequence_length(self, max_seq_length: int) -> None:
@@ -280,14 +307,22 @@ class TorchBackend(HFTokenizerMethods, Backend):
         super().limit_sequence_length(limit)
 
     def features(self, batch: Batch) -> dict[str, torch.Tensor]:
-        ids = torch.from_numpy(batch.input_ids).to(self.device)
-        feats = {"input_ids": ids, "attention_mask": torch.from_numpy(batch.attention_mask).to(self.device)}
+        ids = self._on_device(batch.input_ids)
+        feats = {"input_ids": ids, "attention_mask": self._on_device(batch.attention_mask)}
         if "token_type_ids" in self.model_input_names:
             if batch.token_type_ids is None:
                 feats["token_type_ids"] = torch.zeros_like(ids)
             else:
-                feats["token_type_ids"] = torch.from_numpy(batch.token_type_ids).to(self.device)
+                feats["token_type_ids"] = self._on_device(batch.token_type_ids)
         return feats
+
+    def _on_device(self, array: np.ndarray) -> torch.Tensor:
+        """On CUDA through pinned host memory (torch's caching host allocator keeps the block until the
+        copy is done), copied without blocking: the host goes on while the copy runs on the stream."""
+        tensor = torch.from_numpy(array)
+        if self.device.startswith("cuda"):
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
 
     def activate_scores(self, logits: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -299,6 +334,8 @@ class TorchBackend(HFTokenizerMethods, Backend):
         return self._mv.tokenize(texts, truncate=truncate, role=role)
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if self._graphs is not None and (graphed := self._graphs.forward(batch)) is not None:
+            return graphed  # the batch fit a bucket (else eager below)
         features = self.features(batch)
         expansion = None
         if self._mv is not None:

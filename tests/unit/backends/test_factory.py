@@ -325,7 +325,9 @@ def test_onnx_gets_the_cache_dir_dtype_threads_and_int8_target(monkeypatch, tmp_
 def test_torch_gets_the_device_dtype_and_threads(monkeypatch, torch_stub):
     backend = factory._build("torch", "bf16", "cuda:1", settings(threads=5), MODEL_PATH)
     assert isinstance(backend, TorchStub)
-    assert torch_stub.calls == [(MODEL_PATH, {"device": "cuda:1", "threads": 5, "dtype": "bf16", "compile": "off"})]
+    assert torch_stub.calls == [(MODEL_PATH, {
+        "device": "cuda:1", "threads": 5, "dtype": "bf16", "compile": "off", "graphs": "auto", "max_batch_size": 64,
+    })]
 
 
 # ---- auto on a CPU with bf16 matmuls (AMX / AVX512-BF16) --------------------------------
