@@ -31,11 +31,12 @@ CPU_MODES = "st,torch fp32,onnx fp32,onnx int8"
 
 
 def build(mode: str, path: Path, device: str, cache: Path):
-    backend, dtype = mode.split()
+    """`torch fp16`, `onnx int8`...; `torch fp16 graphs`: with CUDA graphs per bucket (--cuda-graphs on)."""
+    backend, dtype, *extra = mode.split()
     if backend == "torch":
         from embedserve.backends.torch_backend import TorchBackend
 
-        return TorchBackend(path, device=device, dtype=dtype)
+        return TorchBackend(path, device=device, dtype=dtype, graphs="on" if extra == ["graphs"] else "off")
     from embedserve.backends.onnx_backend import OnnxBackend
 
     return OnnxBackend(path, dtype=dtype, cache_dir=cache)

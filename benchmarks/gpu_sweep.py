@@ -6,7 +6,7 @@
 All on the default model (all-MiniLM-L6-v2) and sentences.py's `uniform` texts (2,048, 5-40 words):
 - bare engine: sentences/s of the backend alone, no HTTP, timed as engine_limit.py does (texts tokenized
   up front, batches planned over the set, run back to back), in a child process, after the servers have
-  stopped: torch fp16 and fp32 on CUDA; on the CPU the mode embedserve's `auto` picked (its /model/info:
+  stopped: torch fp16 (eager, and with CUDA graphs: before/after) and fp32 on CUDA; on the CPU the mode embedserve's `auto` picked (its /model/info:
   the pick is measured at load, so a separate `auto` could differ). The best is what served/bare divides by.
 - naive: benchmarks/naive_server.py (FastAPI + SentenceTransformer.encode per request).
 - embedserve: `embedserve serve --port P [--api-processes N]` per N of --api-processes (N=1 passes no flag:
@@ -353,7 +353,7 @@ def parse_args() -> argparse.Namespace:
     add("--drain", type=float, default=5.0, help="most seconds for in-flight requests after a window (not counted)")
     add("--budget", type=float, default=420.0, help="seconds for the whole run; the sweep is trimmed to fit")
     add("--client-processes", type=int, default=None, help="load generator processes (default: 4 on CUDA, 1 on CPU)")
-    add("--bare-modes", default=None, help='engine_limit.py modes or "auto" (default: "torch fp16,torch fp32" on CUDA, '
+    add("--bare-modes", default=None, help='engine_limit.py modes or "auto" (default: "torch fp16,torch fp16 graphs,torch fp32" on CUDA, '
         "on the CPU the mode embedserve picked)")
     add("--bare-seconds", type=float, default=4.0, help="seconds each bare mode is timed")
     add("--startup-timeout", type=float, default=180.0, help="seconds a server may take to be ready")
@@ -395,7 +395,7 @@ def main() -> int:
     try:
         specs = server_specs(args, args.device)
         pool = ClientPool(args.client_processes, args.sentences) if specs else None
-        bare_modes = args.bare_modes or ("torch fp16,torch fp32" if args.device == "cuda" else "auto")
+        bare_modes = args.bare_modes or ("torch fp16,torch fp16 graphs,torch fp32" if args.device == "cuda" else "auto")
         reserve = MARGIN_S + (10 + (bare_modes.count(",") + 1) * (15 + args.bare_seconds) if "bare" in args.servers else 0)
         startup_s, point_s, kmax = STARTUP_GUESS_S, args.warmup + args.duration + POINT_OVERHEAD_S, max(map(len, wanted.values()))
         for i, (name, command, ready) in enumerate(specs):
@@ -418,7 +418,7 @@ def main() -> int:
                 startup_s, point_s = record["startup_s"], max(args.warmup + args.duration + POINT_OVERHEAD_S, sum(walls) / len(walls))
         if "bare" in args.servers:  # last: on the CPU it measures the mode the server picked; the GPU is free
             served = [r["engine_mode"] for r in result["servers"].values() if "engine_mode" in r]
-            args.bare_modes = args.bare_modes or ("torch fp16,torch fp32" if args.device == "cuda" else (served or ["auto"])[0])
+            args.bare_modes = args.bare_modes or ("torch fp16,torch fp16 graphs,torch fp32" if args.device == "cuda" else (served or ["auto"])[0])
             print(f"bare engine ({args.bare_modes}) [t={time.monotonic() - started:.0f}s] ...", flush=True)
             result["bare"] = measure_bare(args, args.device, max(60.0, args.budget - (time.monotonic() - started)))
             result["device_name"] = result["bare"].get("device_name", args.device)
