@@ -30,8 +30,11 @@ CUT_CHARS_PER_TOKEN = 8  # the first prefix tried: this many characters per toke
 class HFTokenizer:
     """Batch-tokenizes with a fast tokenizer, truncating to the served maximum on request."""
 
-    def __init__(self, tokenizer: Any, max_length: int):
+    def __init__(self, tokenizer: Any, max_length: int, *, lowercase: bool = False):
         self._tok = tokenizer
+        # sentence-transformers' `do_lower_case`: its Transformer module lowercases texts before its
+        # tokenizer (not a tokenizer option), so a cased tokenizer under it must see lower-case text
+        self.lowercase = lowercase
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.vocab_size = len(tokenizer)
         self._prefix, self._suffix = self._special_template(tokenizer)
@@ -91,6 +94,8 @@ class HFTokenizer:
         return full[:start], full[start + len(bare) :]
 
     def tokenize(self, texts: Sequence[str], *, truncate: bool) -> list[TokenIds]:
+        if self.lowercase:
+            texts = [text.lower() for text in texts]
         rust = self._cut if truncate else self._whole
         if rust is not None:
             texts = list(texts)

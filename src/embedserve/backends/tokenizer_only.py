@@ -26,9 +26,9 @@ from embedserve.models.families import read_json
 TOKENIZED_HERE = frozenset({"sentence-transformer", "splade", "bge-m3", "cross-encoder"})  # ModelKind names
 
 
-def transformer_folder(path: Path) -> tuple[Path, dict[str, Any]]:
+def transformer_folder(path: Path) -> tuple[Path, dict[str, Any], bool]:
     """Where a sentence-transformers model keeps its Transformer module (the folder itself for a
-    plain Hugging Face model), and that module's tokenizer arguments."""
+    plain Hugging Face model), that module's tokenizer arguments, and whether it lowercases texts."""
     try:
         modules = json.loads((path / "modules.json").read_text())
     except (OSError, ValueError):
@@ -39,8 +39,8 @@ def transformer_folder(path: Path) -> tuple[Path, dict[str, Any]]:
             config = read_json(folder / "sentence_bert_config.json")
             # its tokenizer_args go to the tokenizer, as sentence-transformers passes them; its
             # do_lower_case is not a tokenizer argument (sentence-transformers lowercases texts itself)
-            return folder, dict(config.get("tokenizer_args") or {})
-    return path, {}
+            return folder, dict(config.get("tokenizer_args") or {}), bool(config.get("do_lower_case"))
+    return path, {}, False
 
 
 class TokenizerOnlyBackend(HFTokenizerMethods, Backend):
@@ -49,14 +49,14 @@ class TokenizerOnlyBackend(HFTokenizerMethods, Backend):
             raise ModelLoadError(f"a {info.kind} model is tokenized by its own head, in the engine")
         from transformers import AutoTokenizer
 
-        folder, args = transformer_folder(Path(path))
+        folder, args, lowercase = transformer_folder(Path(path))
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, **args)
         except Exception as exc:  # noqa: BLE001 - no tokenizer files: the engine tokenizes for this model
             raise ModelLoadError(f"could not load the tokenizer of {path}: {exc}") from exc
         self.info = info
         self._pair_tokenizer = tokenizer
-        self._tokenizer = HFTokenizer(tokenizer, info.max_seq_length)
+        self._tokenizer = HFTokenizer(tokenizer, info.max_seq_length, lowercase=lowercase)
         self.pad_id = self._tokenizer.pad_id
         self.model_input_names = list(getattr(tokenizer, "model_input_names", ["input_ids", "attention_mask"]))
 

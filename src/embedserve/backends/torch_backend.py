@@ -116,7 +116,7 @@ class TorchBackend(HFTokenizerMethods, Backend):
         config = getattr(self.transformer_model, "config", None)
         self._position_limit = usable_positions(config)
         limit = min(getattr(st, "max_seq_length", None) or self._position_limit, self._position_limit)
-        self._tokenizer = HFTokenizer(hf_tok, int(limit))
+        self._tokenizer = HFTokenizer(hf_tok, int(limit), lowercase=bool(getattr(modules[0], "do_lower_case", False)))
         self.model_input_names = list(getattr(hf_tok, "model_input_names", ["input_ids", "attention_mask"]))
         self.pad_id = self._tokenizer.pad_id
         self._st = st
