@@ -7,6 +7,8 @@ whether anything got through.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,7 +21,7 @@ from embedserve.settings import Settings
 from tests.conftest import FakeResolver, wait_ready
 from tests.support.training import fake_command
 
-OPEN = {"/health", "/ready", "/metrics"}
+OPEN = {"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"}  # KServe V2's probes too
 BODIES = {  # a body each route would serve with the right key, so only the key can stop it
     "/v1/embeddings": {"input": "hello"},
     "/embedding": {"id1": "hello"},
@@ -49,6 +51,8 @@ BODIES = {  # a body each route would serve with the right key, so only the key 
     "/fine-tune-lora": {"text_content": "q\tp", "model_name": "walk-lora"},
     "/v1/fine_tuning/jobs": {"model": "org/fake-model", "training_data": "q\tp", "suffix": "walk-ours"},
     "/v1/files": {"purpose": "fine-tune", "file": ("walk.tsv", b"q\tp\n")},  # a form: see `send`
+    "/v1/models/org/fake-model:predict": {"instances": ["hello"]},  # KServe V1
+    "/v2/models/org/fake-model/infer": {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]},
 }
 FORMS = {"/v1/files"}  # POSTed as a multipart form (a (filename, bytes) value is a file), not JSON
 JOB = "walk-job"  # stands for a job's id in the paths; the authorised walk uses a real one
@@ -70,9 +74,12 @@ def served_routes(app) -> list:
     return list(flatten(app.router.routes))
 
 
+MODEL_PARAM = re.compile(r"\{model:\w+\}")  # {model:path}, and api/routing.py's model-name convertors
+
+
 def calls(routes) -> list[tuple[str, str, object]]:
     return [
-        (method, route.path.replace("{model:path}", "org/fake-model").replace("{job_id}", JOB)
+        (method, MODEL_PARAM.sub("org/fake-model", route.path).replace("{job_id}", JOB)
          .replace("{file_id}", FILE), route)
         for route in routes
         for method in sorted(route.methods)
@@ -142,6 +149,8 @@ def test_without_the_right_key_nothing_reaches_the_engine(walk, monkeypatch):
             assert r.status_code == 401, (method, path, headers, r.status_code, r.text)
             if route_errors(route) is ErrorShape.TEI:  # TEI's routes answer in TEI's error shape
                 assert r.json()["error_type"] == "Validation" and r.headers["www-authenticate"] == "Bearer"
+            elif route_errors(route) is ErrorShape.KSERVE:  # KServe's: {"error": "..."}
+                assert isinstance(r.json()["error"], str) and r.headers["www-authenticate"] == "Bearer"
             else:
                 assert r.json()["error"]["code"] == "invalid_api_key" and r.headers["www-authenticate"] == "Bearer"
             checked += 1

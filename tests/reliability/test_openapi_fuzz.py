@@ -296,6 +296,16 @@ SUCCESS = [  # (operation, request), in order: OTHER is loaded before it is unlo
     ("GET /v1/files/{file_id}", {"path_parameters": {"file_id": FILE}}),
     ("POST /v1/fine_tuning/jobs", {"body": {"model": MODEL, "training_file": FILE, "suffix": "tuned-from-file"}}),
     ("DELETE /v1/files/{file_id}", {"path_parameters": {"file_id": FILE}}),
+    # KServe V1 and the Open Inference Protocol V2 (api/kserve.py)
+    ("POST /v1/models/{model}:predict", {"path_parameters": {"model": MODEL}, "body": {"instances": ["hello", "world"]}}),
+    ("POST /v1/models/{model}:predict", {"path_parameters": {"model": "fake-model"}, "body": {"instances": [[5, 6, 7]]}}),
+    ("GET /v2/health/live", {}),
+    ("GET /v2/health/ready", {}),
+    ("GET /v2", {}),
+    ("GET /v2/models/{model}", {"path_parameters": {"model": MODEL}}),
+    ("GET /v2/models/{model}/ready", {"path_parameters": {"model": MODEL}}),
+    ("POST /v2/models/{model}/infer", {"path_parameters": {"model": MODEL}, "body": {"id": "42", "inputs": [{"name": "text", "shape": [2, 1], "datatype": "BYTES", "data": [["a b"], ["c"]]}]}}),
+    ("POST /v2/models/{model}/infer", {"path_parameters": {"model": MODEL}, "body": {"inputs": [{"name": "ids", "shape": [2, 2], "datatype": "INT64", "data": [5, 6, 7, 8]}], "outputs": [{"name": "output-0"}]}}),
 ]
 
 
@@ -414,12 +424,22 @@ CAN_ANSWER: dict[str, set[int]] = {
     "GET /v1/files": {400, 503},
     "GET /v1/files/{file_id}": {400, 404, 503},
     "DELETE /v1/files/{file_id}": {400, 404, 503},
+    # KServe (api/kserve.py): embedding as POST /v1/embeddings does; a model's status as GET /v1/models/{model}
+    "POST /v1/models/{model}:predict": EMBEDS | {400, 404, 424, 504, 507},
+    "GET /v2/health/live": set(),
+    "GET /v2/health/ready": {503},
+    "GET /v2": set(),
+    "GET /v2/models/{model}": {404, 503},
+    "GET /v2/models/{model}/ready": {404, 503},
+    "POST /v2/models/{model}/infer": EMBEDS | {400, 404, 424, 504, 507},
 }
 ERROR_REF = "#/components/schemas/ErrorResponse"
 TEI_ERROR_REF = "#/components/schemas/TeiErrorResponse"
 DROP_IN_ERROR_REF = "#/components/schemas/DropInErrorResponse"
+KSERVE_ERROR_REF = "#/components/schemas/KServeErrorResponse"
 ERROR_REFS = {
-    "openai": [ERROR_REF], "tei": [TEI_ERROR_REF], "either": [ERROR_REF, TEI_ERROR_REF], "drop_in": [DROP_IN_ERROR_REF]
+    "openai": [ERROR_REF], "tei": [TEI_ERROR_REF], "either": [ERROR_REF, TEI_ERROR_REF], "drop_in": [DROP_IN_ERROR_REF],
+    "kserve": [KSERVE_ERROR_REF],
 }  # x-embedserve-errors
 
 

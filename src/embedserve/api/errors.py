@@ -2,7 +2,7 @@
 
 The body has OpenAI's shape (with FastAPI's `detail` beside it on the drop-in routes of the servers
 we replace, `ErrorShape.DROP_IN`), or Text Embeddings Inference's (`{"error", "error_type"}`) on a route
-that declares it (api/routing.py `declare(..., errors=ErrorShape.TEI)`): `error_content` reads the
+that declares it (api/routing.py `declare(..., errors=ErrorShape.TEI)`), or KServe's (`{"error"}`, ErrorShape.KSERVE): `error_content` reads the
 shape from the request's matched route, kept in the ASGI scope, so FastAPI's handlers below and the
 middleware that answers before any route runs (api/middleware.py `send_error`: keys, full queue,
 body limits) give one route one shape. A route several APIs share (/rerank) declares `EITHER` and
@@ -59,6 +59,8 @@ def error_content(scope, status: int, message: str, type_: str, *, param=None, c
     shape = error_shape(scope)
     if shape is ErrorShape.TEI:
         return {"error": renderable(message), "error_type": tei_error_type(status)}
+    if shape is ErrorShape.KSERVE:
+        return {"error": renderable(message)}
     body = error_body(message, type_, param=param, code=code)
     if shape is ErrorShape.DROP_IN:
         body["detail"] = body["error"]["message"]

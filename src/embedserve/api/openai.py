@@ -1,4 +1,4 @@
-"""OpenAI's embeddings API: POST /v1/embeddings, GET /v1/models[/{model}]."""
+"""OpenAI's embeddings API: POST /v1/embeddings, GET /v1/models[/{model}] (the latter also KServe V1's model status)."""
 
 from __future__ import annotations
 
@@ -100,6 +100,14 @@ class ModelCard(BaseModel):
     tasks: list[str] = Field(description="What the model does: embed, sparse, multivector, score.")
 
 
+class ModelStatus(ModelCard):
+    """GET /v1/models/{model}: OpenAI's model object, plus KServe V1's model status (`name`, `ready`),
+    as the two APIs share the path; each client reads its own keys (api/kserve.py)."""
+
+    name: str = Field(description="KServe V1: the model's name as the path gave it.")
+    ready: bool = Field(description="KServe V1: whether it serves (true: a model that can't is answered 503).")
+
+
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
@@ -168,10 +176,10 @@ async def list_models(request: Request) -> Any:
 
 
 @router.get(
-    "/v1/models/{model:path}",
-    response_model=ModelCard,
-    summary="Retrieve a served model",
+    "/v1/models/{model:openai_model}",
+    response_model=ModelStatus,
+    summary="Retrieve a served model (OpenAI), or its status (KServe V1)",
     **declare(Scope.EMBED, 404, 422, 503),
 )
 async def get_model(model: Annotated[str, "model id"], request: Request) -> Any:
-    return OrjsonResponse(model_card(service(request).pool.get(model)))
+    return OrjsonResponse({**model_card(service(request).pool.get(model)), "name": model, "ready": True})

@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import BaseRoute, Match
 from starlette.types import Scope as AsgiScope
 
@@ -48,6 +49,7 @@ class ErrorShape(StrEnum):
     TEI = "tei"  # {"error": "...", "error_type": "Validation"}: Text Embeddings Inference's routes
     EITHER = "either"  # a path several APIs share (/rerank): OpenAI's unless the body is TEI's (api/errors.py)
     DROP_IN = "drop_in"  # OpenAI's plus FastAPI's `detail` (the message): the routes of the servers we replace
+    KSERVE = "kserve"  # {"error": "..."}: KServe's V1 and Open Inference Protocol V2 routes (api/kserve.py)
 
 
 class ErrorDetail(BaseModel):
@@ -78,11 +80,18 @@ class TeiErrorResponse(BaseModel):
     error_type: Literal["Unhealthy", "Backend", "Overloaded", "Validation", "Tokenizer", "Empty"]
 
 
+class KServeErrorResponse(BaseModel):
+    """KServe's error shape, V1 and V2 alike (the Open Inference Protocol's `{"error": <message>}`)."""
+
+    error: str
+
+
 _ERROR_MODELS: dict[ErrorShape, Any] = {
     ErrorShape.OPENAI: ErrorResponse,
     ErrorShape.TEI: TeiErrorResponse,
     ErrorShape.EITHER: ErrorResponse | TeiErrorResponse,  # documented as anyOf
     ErrorShape.DROP_IN: DropInErrorResponse,
+    ErrorShape.KSERVE: KServeErrorResponse,
 }
 
 
@@ -146,6 +155,28 @@ def route_errors(route: BaseRoute | None) -> ErrorShape:
     return ErrorShape(extra.get(ERRORS_KEY, ErrorShape.OPENAI.value))
 
 
+class _ModelName(Convertor[str]):
+    """A model name in a path, '/' included (`org/model`) as `{model:path}` takes it, except one
+    that ends in the suffix of another route on the same prefix: KServe's routes share theirs with
+    OpenAI's model card (`/v1/models/{m}` vs `/v1/models/{m}:predict`) and with each other
+    (`/v2/models/{m}` vs `/v2/models/{m}/infer`). Without the exclusion, a GET of `.../infer`
+    would read as model `m/infer` (404, not 405) and a 405's `Allow` would list both routes' methods."""
+
+    def __init__(self, excluded: str, least: str = "*"):
+        self.regex = rf"(?:(?!{excluded}$).){least}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+# `{model:openai_model}`: GET /v1/models/{model} (api/openai.py); `{model:v2_model}`: GET /v2/models/{model}
+register_url_convertor("openai_model", _ModelName(":predict"))
+register_url_convertor("v2_model", _ModelName("/(?:infer|ready)", "+"))  # GET /v2/models (no name) is no route
+
+
 SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "`Authorization: Bearer <key>` (or the bare key)"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key"},
@@ -180,7 +211,7 @@ def route_scope(route: BaseRoute | None) -> Scope | None:
 class RouteTable:
     """Finds a request's route the way Starlette's router will: a full match (path and method)
     first, else a path-only match (which FastAPI answers 405). Static paths are looked up in a
-    dict; only parametrised ones (`/v1/models/{model:path}`) are matched one by one."""
+    dict; only parametrised ones (`/v1/models/{model:openai_model}`) are matched one by one."""
 
     def __init__(self, routes: list[BaseRoute]):
         self.routes = routes
