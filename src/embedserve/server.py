@@ -271,6 +271,18 @@ def run_server(settings: Settings) -> None:
 
     configure_logging(settings.log_level, settings.log_format)
 
+    if settings.ray:  # replicas of this whole server under Ray Serve (deploy/ray_serve.py)
+        from embedserve.api.auth import KeyStore
+
+        KeyStore(settings)  # a bad key file stops start-up here, not in every replica
+        try:
+            from embedserve.deploy.ray_serve import run_ray
+        except ImportError as exc:
+            log.error("--ray needs Ray Serve: pip install 'embedserve[ray]' (%s)", exc)
+            sys.exit(1)
+        run_ray(settings)
+        return
+
     from embedserve.processes import resolve_api_processes, run_processes
 
     front_ends = resolve_api_processes(settings)

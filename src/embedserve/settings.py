@@ -228,6 +228,37 @@ class Settings(BaseSettings):
     graceful_timeout: float = Field(
         30.0, ge=0, description="Seconds to finish in-flight requests after SIGTERM (0 = no limit)."
     )
+    ray: bool = Field(
+        False,
+        description="Serve through Ray Serve (needs embedserve[ray]): --replicas copies of this whole server (app, "
+        "batcher, models), one Ray actor each, behind Ray's HTTP proxies on --host/--port.",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="With --ray: the Ray cluster to join (its GCS host:port, 'auto' for the one `ray start` runs "
+        "here, or ray://host:10001); none = start a local Ray, stopped on exit.",
+    )
+    replicas: int = Field(
+        1, ge=1, description="With --ray: Ray Serve replicas; each loads every --model and batches its own requests."
+    )
+    ray_max_replicas: int = Field(
+        0, ge=0,
+        description="With --ray, above --replicas: autoscale between --replicas and this many replicas, aiming at "
+        "--max-batch-size requests in flight per replica; 0 = always --replicas.",
+    )
+    ray_replica_cpus: float = Field(
+        1.0, ge=0,
+        description="With --ray: CPUs Ray reserves for each replica; with --threads 0 a replica runs "
+        "max(1, this // --model-workers) threads per worker.",
+    )
+    ray_replica_gpus: float = Field(
+        0.0, ge=0, description="With --ray: GPUs Ray reserves for each replica (1 = a GPU each; 0.5 = two share one)."
+    )
+    ray_max_ongoing_requests: int = Field(
+        0, ge=0,
+        description="With --ray: most requests Ray's proxies send one replica at once (the rest wait at the "
+        "proxy); 0 = min(--max-queue, (--model-workers + 1) x --max-batch-size).",
+    )
 
     @field_validator("models", "cors_origins", "allow_models", "api_keys", "model_aliases", mode="before")
     @classmethod
