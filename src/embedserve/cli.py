@@ -137,5 +137,15 @@ def _train_command() -> click.Command:
 app.add_command(_train_command())
 
 
+def _corpus_command() -> click.Command:
+    """`embedserve embed-corpus`; its engine, pyarrow and Ray load only when it runs."""
+    from embedserve.corpus.command import corpus_command
+
+    return corpus_command(_click_option)
+
+
+app.add_command(_corpus_command())
+
+
 if __name__ == "__main__":
     app()
