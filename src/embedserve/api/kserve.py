@@ -192,7 +192,7 @@ router = APIRouter(tags=["KServe"], route_class=KServeRoute)
 # ---- V1 -------------------------------------------------------------------------------------
 
 @router.post(
-    "/v1/models/{model:path}:predict",
+    "/v1/models/{model:model_name}:predict",
     response_model=PredictResponse,
     summary="One vector per instance (KServe V1)",
     **declare(Scope.EMBED, *LOADS, body=True, tasks=DENSE_TASK, errors=KSERVE),
@@ -228,7 +228,7 @@ async def v2_server_metadata() -> Any:
 
 
 @router.get(
-    "/v2/models/{model:path}/ready",
+    "/v2/models/{model:model_name}/ready",
     response_model=ModelReady,
     summary="Whether a model serves (KServe V2)",
     **declare(Scope.EMBED, *MODEL_STATUS, errors=KSERVE),
@@ -256,7 +256,7 @@ async def v2_model_metadata(model: str, request: Request) -> Any:
 
 
 @router.post(
-    "/v2/models/{model:path}/infer",
+    "/v2/models/{model:model_name}/infer",
     response_model=InferResponse,
     response_model_exclude_none=True,
     summary="One FP32 vector per input row (KServe V2)",

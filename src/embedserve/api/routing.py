@@ -162,8 +162,11 @@ class _ModelName(Convertor[str]):
     (`/v2/models/{m}` vs `/v2/models/{m}/infer`). Without the exclusion, a GET of `.../infer`
     would read as model `m/infer` (404, not 405) and a 405's `Allow` would list both routes' methods."""
 
-    def __init__(self, excluded: str, least: str = "*"):
-        self.regex = rf"(?:(?!{excluded}$).){least}"
+    def __init__(self, excluded: str | None = None, least: str = "*"):
+        # Any character, a newline too (`path`'s `.*` stops at one): a bad name is the route's own 404,
+        # in its own error shape, never "no route" or a slash redirect onto a neighbouring route.
+        char = r"[\s\S]" if excluded is None else rf"(?:(?!{excluded}$)[\s\S])"
+        self.regex = char + least
 
     def convert(self, value: str) -> str:
         return value
@@ -175,6 +178,7 @@ class _ModelName(Convertor[str]):
 # `{model:openai_model}`: GET /v1/models/{model} (api/openai.py); `{model:v2_model}`: GET /v2/models/{model}
 register_url_convertor("openai_model", _ModelName(":predict"))
 register_url_convertor("v2_model", _ModelName("/(?:infer|ready)", "+"))  # GET /v2/models (no name) is no route
+register_url_convertor("model_name", _ModelName())  # `{model:model_name}`: :predict, .../infer and .../ready
 
 
 SECURITY_SCHEMES = {
