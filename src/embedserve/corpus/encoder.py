@@ -31,7 +31,7 @@ import numpy as np
 from embedserve.backends.base import Backend, Batch, Outputs, SparseVector, TokenIds
 from embedserve.engine import processing
 from embedserve.engine.batcher import plan_batches
-from embedserve.models.families import declared_max_seq_length, profile_for
+from embedserve.engine.model_pool import configure
 from embedserve.models.registry import ModelResolver, ResolvedModel
 from embedserve.models.tasks import Task, task_names
 from embedserve.settings import Settings
@@ -114,10 +114,8 @@ class CorpusEncoder:
         self.tasks = tasks_for(outputs)
         self.model = resolved or resolve_model(settings, model)
         self.backend = backend = backend_factory(settings, self.model.path)
+        prompts = configure(backend, self.model.id, self.model.path)  # as the model pool does
         info = backend.info
-        prompts = profile_for(self.model.id, self.model.path, dict(info.prompts), info.default_prompt_name)
-        if prompts.max_seq_length and declared_max_seq_length(self.model.path) is None:
-            backend.limit_sequence_length(prompts.max_seq_length)  # as the model pool does
         missing = self.tasks - info.tasks
         if missing:
             raise CorpusModelError(

@@ -247,10 +247,7 @@ class ModelPool:
                 f"model {shown(name)} was found but could not be loaded; the server log says why", param="model"
             ) from None
         rss_after = resident_bytes()
-        info = backend.info
-        prompts = profile_for(resolved.id, resolved.path, dict(info.prompts), info.default_prompt_name)
-        if prompts.max_seq_length and declared_max_seq_length(resolved.path) is None:
-            backend.limit_sequence_length(prompts.max_seq_length)
+        prompts = configure(backend, resolved.id, resolved.path)
         worker = ModelWorker(
             resolved.id,
             backend,
@@ -347,6 +344,16 @@ class ModelPool:
         await asyncio.gather(*(m.worker.close(self.settings.graceful_timeout) for m in models))
         self._resolve_pool.shutdown(wait=False, cancel_futures=True)
         self._build_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def configure(backend: Backend, model_id: str, path: Path) -> PromptProfile:
+    """A freshly built backend as its family serves it: the model's prompt profile, and the family's
+    length limit where the model declares none (engine/model_pool.py and corpus/encoder.py alike)."""
+    info = backend.info
+    prompts = profile_for(model_id, path, dict(info.prompts), info.default_prompt_name)
+    if prompts.max_seq_length and declared_max_seq_length(path) is None:
+        backend.limit_sequence_length(prompts.max_seq_length)
+    return prompts
 
 
 def memory_limit(settings: Settings) -> int:
