@@ -175,7 +175,7 @@ class RemotePool(ModelPool):
         return super().get(name)
 
     async def get_or_load(self, name: str | None, *, admin: bool = False) -> LoadedModel:
-        target, model = self.lookup(name)
+        _, model = self.lookup(name)
         if model is not None:
             model.last_used = time.monotonic()
             return model
@@ -312,10 +312,10 @@ class EngineLink:
                     last_refresh = 0.0
                 if time.monotonic() - last_refresh >= REFRESH_SECONDS:
                     self.engine.connected = True  # the snapshot call itself checks the connection
-                    await self._apply((await self.client.call("models"))[0])
+                    await self.service.pool.refresh()
                     last_refresh = time.monotonic()
             except (OSError, NotReady):
-                self._sync()  # not up yet, or just lost: /ready is 503 until it is back
+                pass  # not up yet, or just lost: /ready is 503 (synced below) until it is back
             except Exception:  # noqa: BLE001 - the link must outlive any one bad snapshot
                 log.exception("engine link")
             self._sync()
