@@ -162,18 +162,17 @@ class Supervisor:
 
     def _may_restart(self, process: multiprocessing.Process) -> bool:
         """A process that dies soon after it started waits before its replacement starts, twice as
-        long each time (up to RESTART_BACKOFF[1]), so one that can't start doesn't spin a core."""
+        long each time (up to RESTART_BACKOFF[1]), so one that can't start doesn't spin a core. Its
+        lifetime is taken when it is first seen dead, not at each look while it waits."""
         now = time.monotonic()
-        name = process.name
-        lived = now - self._started.get(process.pid, now)
-        if lived >= STABLE_SECONDS:
-            self._backoff.pop(name, None)
-        due = self._due.setdefault(process.pid, now + self._backoff.get(name, 0.0))
-        if now < due:
+        if process.pid not in self._due:
+            stable = now - self._started.pop(process.pid, now) >= STABLE_SECONDS
+            wait = 0.0 if stable else self._backoff.get(process.name, 0.0)
+            self._backoff[process.name] = 0.0 if stable else min(max(wait * 2, RESTART_BACKOFF[0]), RESTART_BACKOFF[1])
+            self._due[process.pid] = now + wait
+        if now < self._due[process.pid]:
             return False
-        if lived < STABLE_SECONDS:
-            self._backoff[name] = min(max(self._backoff.get(name, 0.0) * 2, RESTART_BACKOFF[0]), RESTART_BACKOFF[1])
-        self._due.pop(process.pid, None)
+        del self._due[process.pid]
         return True
 
     def _forget(self, process: multiprocessing.Process) -> None:
