@@ -29,11 +29,11 @@ from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, Stric
 
 from embedserve import __version__
 from embedserve.api.compat import Text, embed_texts, one_of, service
-from embedserve.api.ops import server_status
+from embedserve.api.ops import require_healthy
 from embedserve.api.responses import OrjsonResponse
 from embedserve.api.routing import DENSE_TASK, LOADS, ErrorShape, Scope, declare
 from embedserve.api.tei import TokenId
-from embedserve.errors import InvalidInput, NotReady
+from embedserve.errors import InvalidInput
 
 
 KSERVE = ErrorShape.KSERVE
@@ -216,9 +216,7 @@ async def v2_live() -> Any:
     **declare(Scope.OPEN, 503, errors=KSERVE),
 )
 async def v2_ready(request: Request) -> Any:
-    status = server_status(request)
-    if status != "healthy":
-        raise NotReady(f"server is {status}")
+    require_healthy(request)
     return OrjsonResponse({"ready": True})
 
 

@@ -82,12 +82,17 @@ async def health(request: Request) -> Any:
     **declare(Scope.OPEN, 503),
 )
 async def ready(request: Request) -> Any:
+    require_healthy(request)
+    return OrjsonResponse({"status": "ready"})
+
+
+def require_healthy(request: Request) -> None:
+    """503 unless the server is healthy (/ready, and KServe's /v2/health/ready)."""
     status = server_status(request)
     if status != "healthy":
         # The load error itself stays in the server log: it names server paths, and /ready is open.
         detail = ": a start-up model failed to load; the server log says why" if request.app.state.load_error else ""
         raise NotReady(f"server is {status}{detail}")
-    return OrjsonResponse({"status": "ready"})
 
 
 _METRICS = declare(Scope.METRICS)
