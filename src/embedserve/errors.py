@@ -175,6 +175,13 @@ class NotReady(EmbedServeError):
     retry_after = 1
 
 
+class BodyLost(NotReady):
+    """A Ray Serve replica got a request whose body never came whole: Ray's proxy retried it here after
+    the replica it first went to died having taken (part of) the body. It never ran: send it again."""
+
+    code = "request_body_lost"
+
+
 class RequestTimeout(NotReady):
     """Queue wait plus inference took longer than --request-timeout; the work left the queue."""
 

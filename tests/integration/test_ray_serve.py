@@ -125,13 +125,25 @@ def plain():
 
 
 @pytest.fixture(scope="module")
-def ray_cli(cluster, port, tmp_path_factory):
+def models_dir(tmp_path_factory) -> Path:
+    """Tiny models a request may load by name (acme/extra, acme/other, acme/third)."""
+    from tests.support.tiny_models import build_generic
+
+    root = tmp_path_factory.mktemp("ray-models")
+    build_generic(root, "acme--extra")
+    build_generic(root, "acme--other")
+    build_generic(root, "acme--third")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_cli(cluster, port, models_dir, tmp_path_factory):
     """`embedserve serve --ray --replicas 2` joining the test cluster."""
     log = tmp_path_factory.mktemp("ray-cli") / "serve.log"
     cmd = [
         sys.executable, "-m", "embedserve", "serve", "--ray", "--replicas", "2", "--ray-address", cluster.address,
         "--host", "127.0.0.1", "--port", str(port), "--ray-replica-cpus", "1", "--api-key", KEY,
-        "--log-format", "text", *SERVER_FLAGS,
+        "--log-format", "text", "--models-dir", str(models_dir), "--max-loaded-models", "1", *SERVER_FLAGS,
     ]
     with log.open("w") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**os.environ})
@@ -194,6 +206,79 @@ def test_keys_and_errors_answer_as_the_plain_server(ray_cli, plain, method, path
     assert got.status_code != 200 or path == "/ready"
     assert got.json() == want.json()
     assert got.headers.get("www-authenticate") == want.headers.get("www-authenticate")
+
+
+def replicas_holding(model_id: str) -> list[str]:
+    """The replicas Ray's controller knows to hold `model_id` through model multiplexing."""
+    import ray
+    from ray.serve._private.common import DeploymentID
+    from ray.serve.context import _get_global_client
+
+    controller = _get_global_client()._controller
+    replicas = ray.get(controller._dump_replica_states_for_testing.remote(DeploymentID("EmbedServe", "embedserve")))
+    return sorted(r.replica_id.unique_id for r in replicas.get() if model_id in r.multiplexed_model_ids)
+
+
+def wait_for_holders(model_id: str, count: int, timeout: float = 20.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while len(holders := replicas_holding(model_id)) != count and time.monotonic() < deadline:
+        time.sleep(0.25)
+    time.sleep(1.0)  # the controller knows; its push to the proxies' routers follows at once
+    return holders
+
+
+def load_by_header(url: str, model: str) -> np.ndarray:
+    headers = {**AUTH, "serve_multiplexed_model_id": model}
+    return vectors(httpx.post(url + "/v1/embeddings", json={"model": model, "input": SENTENCES}, headers=headers, timeout=120))
+
+
+def test_a_model_named_in_rays_multiplexing_header_lives_on_one_replica_and_requests_go_there(ray_cli):
+    _, url, _ = ray_cli
+    body = {"model": "acme/extra", "input": SENTENCES}
+    routed = {**AUTH, "serve_multiplexed_model_id": "acme/extra"}
+    first = vectors(httpx.post(url + "/v1/embeddings", json=body, headers=routed, timeout=120))
+    (holder,) = wait_for_holders("acme/extra", 1)
+    with cf.ThreadPoolExecutor(4) as pool:  # concurrent, so both replicas are free to take them
+        answers = list(pool.map(
+            lambda _: vectors(httpx.post(url + "/v1/embeddings", json=body, headers=routed, timeout=60)), range(12)
+        ))
+    assert all(np.allclose(answer, first, atol=1e-6) for answer in answers)
+    assert replicas_holding("acme/extra") == [holder]  # routed to the replica that holds it, loaded nowhere else
+    # the nginx spelling of the header routes alike
+    dashed = {**AUTH, "serve-multiplexed-model-id": "acme/extra"}
+    assert np.allclose(vectors(httpx.post(url + "/v1/embeddings", json=body, headers=dashed, timeout=60)), first, atol=1e-6)
+    assert replicas_holding("acme/extra") == [holder]
+
+    # no key: 401 and nothing loads; an unknown model: the body's 404, in OpenAI's shape
+    other = {"serve_multiplexed_model_id": "acme/other"}
+    refused = httpx.post(url + "/v1/embeddings", json={"model": "acme/other", "input": "hi"}, headers=other, timeout=60)
+    assert refused.status_code == 401
+    time.sleep(2.0)  # a load would have been reported by now
+    assert replicas_holding("acme/other") == []
+    missing = httpx.post(
+        url + "/v1/embeddings", json={"model": "acme/missing", "input": "hi"},
+        headers={**AUTH, "serve_multiplexed_model_id": "acme/missing"}, timeout=60,
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "model", missing.text
+
+    # A model no replica holds goes to the replica holding fewest (Ray's rule): the other one.
+    load_by_header(url, "acme/other")
+    (other_holder,) = wait_for_holders("acme/other", 1)
+    assert other_holder != holder
+    # Now each holds one, and --max-loaded-models is 1: a third model takes the place of the one
+    # where it lands, in that replica's pool and in Ray's routing alike.
+    load_by_header(url, "acme/third")
+    (third_holder,) = wait_for_holders("acme/third", 1)
+    displaced = "acme/extra" if third_holder == holder else "acme/other"
+    assert wait_for_holders(displaced, 0) == []
+    kept = "acme/other" if displaced == "acme/extra" else "acme/extra"
+    assert len(replicas_holding(kept)) == 1
+    listing = httpx.get(url + "/v1/models", headers={**AUTH, "serve_multiplexed_model_id": "acme/third"}, timeout=60)
+    served = {card["id"] for card in listing.json()["data"]}  # that replica's own pool
+    assert "acme/third" in served and displaced not in served, served
+    # whichever replica a request without the header reaches, the answer is the same
+    plain_answer = vectors(httpx.post(url + "/v1/embeddings", json=body, headers=AUTH, timeout=120))
+    assert np.allclose(plain_answer, first, atol=1e-6)
 
 
 def test_a_replica_killed_under_load_fails_or_retries_its_requests_and_comes_back(ray_cli):

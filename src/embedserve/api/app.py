@@ -65,6 +65,7 @@ def create_app(
     embeddings_lane: bool = True,
     training_command: Sequence[str] | None = None,
     engine_socket: str | None = None,
+    inner_middleware: Sequence[tuple[type, dict]] = (),
 ) -> FastAPI:
     """The app. Models load in the background after start-up so /health answers meanwhile.
 
@@ -73,6 +74,8 @@ def create_app(
     training_command: the fine-tuning runner (`python -m embedserve.training.run`); tests pass a fake.
     engine_socket: a front-end process of `--api-processes` (serve.py): the models, their batching and
     the fine-tuning jobs live in the engine process listening there (engine/remote.py).
+    inner_middleware: (class, options) pairs run inside the pipeline, after the key check and the body
+    are done and around the routes (a Ray Serve replica's model multiplexing, deploy/ray_serve.py).
     """
     metrics = Metrics()
     keys = KeyStore(settings)  # a bad key file stops start-up here, before any model loads
@@ -161,6 +164,8 @@ def create_app(
     if embeddings_lane:
         route = next(r for r in openai.router.routes if getattr(r, "endpoint", None) is openai.create_embeddings)
         app.add_middleware(EmbeddingsLane, state=app.state, route=route)
+    for middleware, options in inner_middleware:
+        app.add_middleware(middleware, **options)
     app.add_middleware(
         BodyMiddleware, max_body_bytes=settings.max_body_bytes, body_timeout=settings.body_timeout,
         route_limits={files.upload_file: files.upload_limit(settings)},  # a training file may be larger

@@ -20,6 +20,10 @@ the replica would take the settings of whatever node the replica lands on. So a 
 exactly the settings of the process that deployed it (paths such as --cache-dir included: they
 must exist on every node).
 
+Models per replica: Ray's model multiplexing (deploy/ray_multiplex.py) routes a request whose
+`serve_multiplexed_model_id` header names a model to a replica that holds it, and loads it on the
+replica it reaches when none does. A body Ray lost when it retried a request: BodyHandoff below.
+
 Lifespan and health: Ray Serve runs the ingress app's ASGI lifespan in each replica (uvicorn's
 LifespanOn, before the replica's first health check, and its shutdown when the replica stops), so
 the app's own start-up runs: models load in the background, as in one process. `check_health` is
@@ -67,6 +71,7 @@ from typing import Any
 
 from ray import serve
 
+from embedserve.deploy.ray_multiplex import MultiplexedModels, multiplexed_loader
 from embedserve.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,7 @@ log = logging.getLogger(__name__)
 APP_NAME = "embedserve"
 DEPLOYMENT_NAME = "EmbedServe"
 HEALTH_CHECK_PERIOD_S = 5.0
+BODY_HANDOFF_S = 5.0  # BodyHandoff: how long a replica waits for the first message of a request's body
 
 
 def max_ongoing_requests(settings: Settings) -> int:
@@ -157,6 +163,78 @@ class OneRequestIdHeader:
         await self.app(scope, receive, send_one)
 
 
+class BodyHandoff:
+    """A request body that Ray's proxy lost in a retry is answered 503 (retry it), never awaited forever.
+
+    A replica does not get the body with the request: it asks the proxy for it, message by message
+    (`receive_asgi_messages`), and the proxy hands each message out once. When a replica dies right
+    after taking the body but before the proxy has read the replica's "accepted" reply, the proxy
+    retries the request on another replica, and there the body never comes: the proxy has nothing
+    left to hand out, so the request waited until its client gave up (seen here: 30 s, a client's
+    timeout; with a patient client, --request-timeout + 10 s, the proxy's bound). Ray 2.60's router
+    does this retry for every request, and nothing tells the replica a request is a retry.
+
+    The proxy starts reading the client's body when the request arrives, before any replica asks
+    for it, so a replica asking for the first message normally gets it at once. Hence: the first
+    message must come within BODY_HANDOFF_S, and a body that ends short of its Content-Length was
+    cut by the same retry. Either way the app is told the client left (it stops without running
+    anything) and the client gets a 503 with Retry-After: the request never ran, so sending it
+    again is safe. The rest of a body that started coming is the app's --body-timeout's, as in one
+    process. A client that waits more than BODY_HANDOFF_S between its headers and its body's
+    first byte gets the same 503; clients send both together (Expect: 100-continue is answered by
+    the proxy, which asks for the body at once).
+    """
+
+    def __init__(self, app, handoff_s: float = BODY_HANDOFF_S) -> None:
+        self.app = app
+        self.handoff_s = handoff_s
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from embedserve.api.middleware import header, send_error
+        from embedserve.errors import BodyLost
+
+        declared = header(scope, b"content-length")
+        expected = int(declared) if declared.isdigit() else None
+        received = 0
+        first = True
+        lost: str | None = None
+        started = False
+
+        async def handed_off_receive():
+            nonlocal received, first, lost
+            if lost is not None:
+                return {"type": "http.disconnect"}
+            if first:
+                first = False
+                try:
+                    message = await asyncio.wait_for(receive(), self.handoff_s)
+                except TimeoutError:
+                    lost = f"the request's body did not arrive within {self.handoff_s:g} s"
+                    return {"type": "http.disconnect"}
+            else:
+                message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if not message.get("more_body", False) and expected is not None and received != expected:
+                    lost = f"the request's body ended after {received} of its {expected} bytes"
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def watched_send(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        await self.app(scope, handed_off_receive, watched_send)
+        if lost is not None and not started:
+            log.warning("request %s: %s (lost in a retry by Ray's proxy); answered 503", scope.get("path"), lost)
+            await send_error(send, BodyLost(f"{lost}; it was not run: send it again"), scope=scope)
+
+
 @serve.deployment(name=DEPLOYMENT_NAME)
 @serve.ingress()
 class EmbedServe:
@@ -169,12 +247,15 @@ class EmbedServe:
         quiet_third_parties()
         self.settings = replica_settings(settings)
         configure_logging(self.settings.log_level, self.settings.log_format)
+        # Ray's model multiplexing (deploy/ray_multiplex.py): the app exists once Ray has built it
+        self.load_multiplexed = multiplexed_loader(self.settings, lambda: self.app.state.service.pool)
 
     def __serve_build_asgi_app__(self):
         """Called by Ray after __init__; Ray then runs this app's lifespan (which starts loading)."""
         from embedserve.api.app import create_app
 
-        app = create_app(self.settings)
+        app = create_app(self.settings, inner_middleware=[(MultiplexedModels, {"load": self.load_multiplexed})])
+        app.add_middleware(BodyHandoff)
         app.add_middleware(OneRequestIdHeader)
         return app
 
