@@ -24,7 +24,7 @@ serve: install
 	$(BIN)/embedserve serve --host $(HOST) --port $(PORT)
 
 test: install
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 unit: install
 	$(BIN)/python -m pytest -q -ra tests/unit
