@@ -150,7 +150,10 @@ def ray_cli(cluster, port, models_dir, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     try:
         started = time.monotonic()
-        wait_ready(url, 150, process, log)
+        wait_ready(url, 150, process, log)  # through whichever replica is up first
+        deadline = time.monotonic() + 150
+        while replica_states() != {"RUNNING": 2} and time.monotonic() < deadline:
+            time.sleep(0.5)
         print(f"embedserve serve --ray --replicas 2: ready in {time.monotonic() - started:.1f} s")
         yield process, url, log
     finally:
