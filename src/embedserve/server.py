@@ -28,11 +28,16 @@ import os
 import signal
 import socket
 import sys
+import urllib.parse
 from collections.abc import MutableMapping
+from types import SimpleNamespace
 
+import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from embedserve.api.fast_refusal import FastRefusal, Gate
+from embedserve.api.middleware import GATE
 from embedserve.api.responses import dumps, error_body
 from embedserve.settings import Settings
 
@@ -80,6 +85,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
     body_timeout: float = 60.0
     max_head_bytes: int = 16 * 1024
+    refusal: FastRefusal | None = None  # answers a full queue's 429 without the ASGI app
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -90,6 +96,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # how many bytes of it are in, roughly (see data_received)
         self._body_pending = False  # headers complete, the message not yet
         self._message_ended = False  # a message ended in the chunk being parsed
+        self._gate: Gate | None = None  # the request being served was let through a full-queue check
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -121,9 +128,39 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_begun, self._body_pending = False, True
         self._clear_deadline()
+        if self.refusal is not None and self._idle() and self._answered_at_once():
+            return
         super().on_headers_complete()
         if self.parser.should_upgrade():
             self.cycle.keep_alive = False
+
+    def _answered_at_once(self) -> bool:
+        """A full queue's 429, written here (api/fast_refusal.py), for a keep-alive request that no
+        other is ahead of; its body, if any, is then read and dropped like that of any early answer."""
+        parser = self.parser
+        if parser.should_upgrade() or parser.get_http_version() != "1.1" or not parser.should_keep_alive():
+            return False
+        try:
+            path = httptools.parse_url(self.url).path.decode("ascii")
+            if "%" in path:
+                path = urllib.parse.unquote(path)
+            response = self.refusal.answer(
+                parser.get_method().decode("ascii"), self.root_path + path, self.root_path, self.headers,
+                self.server_state.default_headers,
+            )
+        except Exception:  # a shortcut must never cost a request: uvicorn and the app answer it as ever
+            if not _REFUSAL_FAILED[0]:
+                _REFUSAL_FAILED[0] = True
+                log.exception("the protocol's fast 429 failed; the app answers instead (logged once)")
+            return False
+        if not isinstance(response, bytes):
+            if response is not None:  # let through: the app sees its Gate, or its end closes it
+                self.scope[GATE] = self._gate = response
+            return False
+        self.cycle = ANSWERED  # type: ignore[assignment]
+        self.transport.write(response)
+        self.on_response_complete()
+        return True
 
     def on_message_complete(self) -> None:
         self._body_pending, self._message_ended = False, True
@@ -136,6 +173,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
                 )
 
     def on_response_complete(self) -> None:
+        if self._gate is not None:
+            self._gate.passed()
+            self._gate = None
         super().on_response_complete()  # arms the keep-alive timer, or starts a pipelined request
         if self.transport.is_closing() or not self._idle():
             return
@@ -151,6 +191,9 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._clear_deadline()
+        if self._gate is not None:
+            self._gate.passed()
+            self._gate = None
         super().connection_lost(exc)
 
     def _idle(self) -> bool:
@@ -199,12 +242,31 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_class(header_timeout: float, body_timeout: float) -> type[HeaderTimeoutProtocol]:
-    """uvicorn builds one protocol per connection from a class; this one carries the timeouts."""
+_REFUSAL_FAILED = [False]  # whether the protocol's fast 429 ever raised (logged the first time only)
+
+
+class _Answered:
+    """Stands in for uvicorn's request cycle after the protocol answered a request itself: complete,
+    so the rest of its body is dropped and the next request starts as after any answer."""
+
+    response_complete = True
+    disconnected = False
+    keep_alive = True
+    message_event = SimpleNamespace(set=lambda: None)
+
+
+ANSWERED = _Answered()
+
+
+def protocol_class(
+    header_timeout: float, body_timeout: float, refusal: FastRefusal | None = None
+) -> type[HeaderTimeoutProtocol]:
+    """uvicorn builds one protocol per connection from a class; this one carries the timeouts and
+    the app's fast 429 (None: every request goes to the app)."""
     return type(
         "HeaderTimeoutProtocol",
         (HeaderTimeoutProtocol,),
-        {"header_timeout": header_timeout, "body_timeout": body_timeout},
+        {"header_timeout": header_timeout, "body_timeout": body_timeout, "refusal": refusal},
     )
 
 
@@ -251,7 +313,9 @@ def uvicorn_config(settings: Settings, app) -> uvicorn.Config:
         app,
         host=settings.host,
         port=settings.port,
-        http=protocol_class(settings.header_timeout, settings.body_timeout),
+        http=protocol_class(
+            settings.header_timeout, settings.body_timeout, None if isinstance(app, str) else FastRefusal(app.state)
+        ),
         ws="none",  # the app serves no websockets; an upgrade must not leave our protocol
         timeout_keep_alive=settings.idle_timeout,  # type: ignore[arg-type]  # a float works
         ssl_keyfile=settings.ssl_keyfile,

@@ -24,7 +24,7 @@ from embedserve.api.auth import AuthMiddleware, KeyStore
 from embedserve.api.embeddings_lane import EmbeddingsLane
 from embedserve.api.errors import install_error_handlers
 from embedserve.api.exchange import BodyMiddleware
-from embedserve.api.middleware import QueueFullMiddleware, RequestContextMiddleware
+from embedserve.api.middleware import QueueFullMiddleware, RejectionSummary, RequestContextMiddleware
 from embedserve.api.responses import OrjsonResponse
 from embedserve.api.routing import RouteTable, document_security
 from embedserve.engine.model_pool import BackendFactory
@@ -148,6 +148,7 @@ def create_app(
     app.state.started_at = time.monotonic()  # /health's uptime
     app.state.draining = False
     app.state.load_error = None
+    app.state.rejections = RejectionSummary()  # 429s, logged as one line per period
     if link is not None:
         link.app_state = app.state
     install_error_handlers(app)
@@ -179,7 +180,7 @@ def create_app(
         allow_headers=["*"],
         expose_headers=["X-Request-Id", "Retry-After", "retry-after-ms"],
     )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, routes=routes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, routes=routes, rejections=app.state.rejections)
     return app
 
 

@@ -33,6 +33,7 @@ _id_counter = itertools.count(1)
 
 CLIENT_GONE = "embedserve.client_gone"  # set in the ASGI scope when the client left mid-request
 RESPONDING = "embedserve.responding"  # set in the ASGI scope once the response has started
+GATE = "embedserve.gate"  # a request let through the protocol's full-queue check (api/fast_refusal.py)
 CLIENT_CLOSED_STATUS = 499  # nginx's code for it, in metrics and the access log
 REJECTION_SUMMARY_SECONDS = 10.0
 
@@ -67,11 +68,12 @@ class RejectionSummary:
 
 
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: RouteTable):
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, routes: RouteTable, rejections: RejectionSummary):
+        """`rejections`: the app's one summary of 429s (the protocol's fast 429s count there too)."""
         self.app = app
         self.metrics = metrics
         self.routes = routes
-        self.rejections = RejectionSummary()
+        self.rejections = rejections
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,6 +125,9 @@ class QueueFullMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and 429 in (getattr(scope.get(ROUTE), "responses", None) or ()):
+            gate = scope.get(GATE)  # let through by the protocol's own check (api/fast_refusal.py)
+            if gate is not None:
+                gate.passed()
             refusal = self.service.all_queues_full()
             if refusal is not None:
                 await send_error(send, refusal, scope=scope)

@@ -78,6 +78,10 @@ class RemoteWorker:
     def full(self) -> bool:
         return False  # only the engine knows; a full queue there comes back as Overloaded (429)
 
+    @property
+    def room(self) -> int | None:
+        return None  # unknown here (the engine's queue is shared by every front-end)
+
     def overloaded(self) -> Overloaded:
         return Overloaded(f"model '{self.name}' has too many requests waiting; retry later")
 

@@ -106,9 +106,26 @@ class EmbeddingService:
                 return None
         if not models:
             return None
+        return self.overloaded()
+
+    def overloaded(self) -> Overloaded:
+        """The 429 of full queues: the model's own words when one model is loaded."""
+        models = self.pool.loaded()
         if len(models) == 1:
             return next(iter(models)).worker.overloaded()
         return Overloaded("every model's queue is full; retry later")
+
+    def queue_room(self) -> int | None:
+        """Requests the loaded models' queues can still admit, together; None when no model is loaded
+        or a queue's room is not known here (an --api-processes front-end)."""
+        room = 0
+        models = self.pool.loaded()
+        for model in models:
+            free = model.worker.room
+            if free is None:
+                return None
+            room += free
+        return room if models else None
 
     # ---- encoding ----------------------------------------------------------------------
     async def embed(

@@ -122,6 +122,11 @@ class ModelWorker:
     def full(self) -> bool:
         return self._admitted >= self.max_queue
 
+    @property
+    def room(self) -> int | None:
+        """Requests the queue can still admit."""
+        return max(0, self.max_queue - self._admitted)
+
     def overloaded(self) -> Overloaded:
         return Overloaded(f"model '{self.name}' has {self._admitted} requests waiting (max {self.max_queue}); retry later")
 
