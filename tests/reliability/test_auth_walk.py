@@ -22,6 +22,7 @@ from tests.conftest import FakeResolver, wait_ready
 from tests.support.training import fake_command
 
 OPEN = {"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"}  # KServe V2's probes too
+OPEN |= {"/playground", "/playground/{asset}"}  # the page's static files; the API calls it makes carry the key
 BODIES = {  # a body each route would serve with the right key, so only the key can stop it
     "/v1/embeddings": {"input": "hello"},
     "/embedding": {"id1": "hello"},
@@ -80,7 +81,7 @@ MODEL_PARAM = re.compile(r"\{model:\w+\}")  # {model:path}, and api/routing.py's
 def calls(routes) -> list[tuple[str, str, object]]:
     return [
         (method, MODEL_PARAM.sub("org/fake-model", route.path).replace("{job_id}", JOB)
-         .replace("{file_id}", FILE), route)
+         .replace("{file_id}", FILE).replace("{asset}", "app.js"), route)
         for route in routes
         for method in sorted(route.methods)
         if method != "HEAD"

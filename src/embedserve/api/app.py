@@ -20,6 +20,7 @@ from embedserve.api import cohere
 from embedserve.api import files, fine_tune, fine_tuning
 from embedserve.api import tei_predict, tei_root, tei_tools
 from embedserve.api import kserve
+from embedserve.api import playground
 from embedserve.api.auth import AuthMiddleware, KeyStore
 from embedserve.api.embeddings_lane import EmbeddingsLane
 from embedserve.api.errors import install_error_handlers
@@ -43,7 +44,7 @@ ROUTERS = (
     hybrid.router, tei.router, tei_predict.router, tei_tools.router, tei_root.router,
     encodings.router, rerank.router, score.router, infinity.router,
     cohere.router, fine_tune.router, fine_tuning.router, files.router,
-    kserve.router,
+    kserve.router, playground.router,
 )
 
 
