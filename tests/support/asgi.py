@@ -21,6 +21,16 @@ class Exchange:
     def json(self):
         return orjson.loads(self.body)
 
+    def record(self, message) -> bool:
+        """Take one message the app sent; True once the response is complete."""
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = {k.decode().lower(): v.decode() for k, v in message.get("headers", [])}
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+            return not message.get("more_body")
+        return False
+
 
 @asynccontextmanager
 async def running(app) -> AsyncIterator[None]:
@@ -79,13 +89,8 @@ async def request(
         return {"type": "http.disconnect"}
 
     async def send(message):
-        if message["type"] == "http.response.start":
-            exchange.status = message["status"]
-            exchange.headers = {k.decode().lower(): v.decode() for k, v in message.get("headers", [])}
-        elif message["type"] == "http.response.body":
-            exchange.body += message.get("body", b"")
-            if not message.get("more_body"):
-                gone.set()  # the response is complete: uvicorn answers a later receive() with a disconnect
+        if exchange.record(message):
+            gone.set()  # the response is complete: uvicorn answers a later receive() with a disconnect
 
     await app(scope, receive, send)
     exchange.seconds = loop.time() - started

@@ -49,13 +49,8 @@ async def through_the_proxy(app, messages: list[dict] | None, content_length: in
         return {"type": "http.disconnect"}
 
     async def send(message):
-        if message["type"] == "http.response.start":
-            exchange.status = message["status"]
-            exchange.headers = {k.decode().lower(): v.decode() for k, v in message.get("headers", [])}
-        elif message["type"] == "http.response.body":
-            exchange.body += message.get("body", b"")
-            if not message.get("more_body"):
-                answered.set()
+        if exchange.record(message):
+            answered.set()
 
     started = asyncio.get_running_loop().time()
     await asyncio.wait_for(BodyHandoff(app, handoff_s=handoff_s)(scope, receive, send), 10)
