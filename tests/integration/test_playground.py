@@ -266,6 +266,9 @@ def test_keyboard_alone_reaches_every_panel_and_narrow_screens_need_no_sideways_
     for tab in ("similarity", "search", "hybrid", "models", "jobs", "live"):
         page.click(f"#tab-{tab}")
         assert page.evaluate("document.documentElement.scrollWidth") <= 360, tab
+    page.evaluate("location.hash = '#jobs'")  # a link to a panel, or its name typed after the page's address
+    expect(page.locator("#panel-jobs")).to_be_visible()
+    expect(page.locator("#tab-jobs")).to_have_attribute("aria-selected", "true")
 
 
 def test_the_page_used_the_public_api_only(api):

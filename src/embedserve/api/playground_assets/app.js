@@ -73,6 +73,10 @@ function setUpTabs() {
   });
   const wanted = document.getElementById(`tab-${location.hash.slice(1)}`);
   selectTab(wanted || tabs[0], false);
+  window.addEventListener("hashchange", () => {  // a link to #jobs, or a hash typed into the address bar
+    const tab = document.getElementById(`tab-${location.hash.slice(1)}`);
+    if (tab) selectTab(tab, false);
+  });
 }
 
 function setUpKey() {
