@@ -68,14 +68,17 @@ class FastRefusal:
     def answer(self, method: str, path: str, root_path: str, headers: list[tuple[bytes, bytes]],
                default_headers: list[tuple[bytes, bytes]]) -> bytes | Gate | None:
         """The whole 429 response for this request; or a Gate for a request let through to a route
-        that queues (the protocol puts it in the scope); or None: not a queueing route."""
+        that queues (the protocol puts it in the scope); or None: not a queueing route, or no queue
+        whose room is known here (no model loaded, or an --api-processes front-end): the app decides."""
         scope = {"type": "http", "method": method, "path": path, "root_path": root_path, "headers": headers}
         route = self.routes.match(scope)
         if route is None or 429 not in (getattr(route, "responses", None) or ()):
             return None
         service = self.state.service
         room = service.queue_room()
-        if room is None or room > self.in_transit:
+        if room is None:
+            return None
+        if room > self.in_transit:
             return Gate(self)
         request_id = ""
         for name, value in headers:

@@ -75,12 +75,10 @@ class RemoteWorker:
         return self._admitted
 
     @property
-    def full(self) -> bool:
-        return False  # only the engine knows; a full queue there comes back as Overloaded (429)
-
-    @property
     def room(self) -> int | None:
-        return None  # unknown here (the engine's queue is shared by every front-end)
+        """Unknown here: only the engine knows (its queue is shared by every front-end); a full
+        queue there comes back as Overloaded (429)."""
+        return None
 
     def overloaded(self) -> Overloaded:
         return Overloaded(f"model '{self.name}' has too many requests waiting; retry later")

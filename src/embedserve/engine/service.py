@@ -99,14 +99,8 @@ class EmbeddingService:
 
     def all_queues_full(self) -> Overloaded | None:
         """The 429 to answer at once when every loaded model's queue is full (else None).
-        Runs before every queueing request's body is read: no copy of the model list."""
-        models = self.pool.loaded()
-        for model in models:
-            if not model.worker.full:
-                return None
-        if not models:
-            return None
-        return self.overloaded()
+        Runs before every queueing request's body is read."""
+        return self.overloaded() if self.queue_room() == 0 else None
 
     def overloaded(self) -> Overloaded:
         """The 429 of full queues: the model's own words when one model is loaded."""
@@ -117,7 +111,7 @@ class EmbeddingService:
 
     def queue_room(self) -> int | None:
         """Requests the loaded models' queues can still admit, together; None when no model is loaded
-        or a queue's room is not known here (an --api-processes front-end)."""
+        or a queue's room is not known here (an --api-processes front-end). No copy of the model list."""
         room = 0
         models = self.pool.loaded()
         for model in models:
