@@ -18,6 +18,20 @@ import pytest
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 STS_TEST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sts-benchmark-test.tsv"
+# Short, long, one word: the sentences the real-model server tests compare with sentence-transformers
+SENTENCES = [
+    "A man is playing a guitar.",
+    "The new movie is awesome!",
+    "A woman is slicing an onion with a sharp knife while the soup boils on the stove.",
+    "hi",
+    "Embedding servers turn text into vectors that capture meaning, so that similar sentences land close together.",
+]
+
+
+def cosines(a, b) -> np.ndarray:
+    """Row-wise cosine similarity of two equally shaped stacks of vectors (in float64)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def free_port() -> int:

@@ -8,19 +8,13 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.integration.conftest import MODEL
+from tests.integration.conftest import MODEL, cosines
 
 pytestmark = pytest.mark.integration
 
 tritonhttp = pytest.importorskip("tritonclient.http")  # the dev extra installs it
 
 SENTENCES = ["A man is playing a guitar.", "The new movie is awesome.", "A woman is slicing an onion."]
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return (a * b).sum(axis=1)
 
 
 def openai_vectors(url: str, inputs) -> np.ndarray:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from .conftest import free_port
+from .conftest import SENTENCES, cosines, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -26,23 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "deploy" / "ray-serve.yaml"
 KEY = "sk-ray-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-SENTENCES = [
-    "A man is playing a guitar.",
-    "The new movie is awesome!",
-    "A woman is slicing an onion with a sharp knife while the soup boils on the stove.",
-    "hi",
-    "Embedding servers turn text into vectors that capture meaning, so that similar sentences land close together.",
-]
 # The same settings for the plain app and for every replica: exact fp32, one worker of one thread
 # (one CPU per Ray node).
 SERVER_FLAGS = ["--backend", "torch", "--dtype", "fp32", "--model-workers", "1", "--threads", "1"]
 SETTINGS = {"backend": "torch", "dtype": "fp32", "model_workers": 1, "threads": 1}
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return (a * b).sum(axis=1)
 
 
 def vectors(response) -> np.ndarray:

@@ -10,23 +10,9 @@ import numpy as np
 import openai
 import pytest
 
-from .conftest import MODEL
+from .conftest import MODEL, SENTENCES, cosines
 
 pytestmark = pytest.mark.integration
-
-SENTENCES = [
-    "A man is playing a guitar.",
-    "The new movie is awesome!",
-    "A woman is slicing an onion with a sharp knife while the soup boils on the stove.",
-    "hi",
-    "Embedding servers turn text into vectors that capture meaning, so that similar sentences land close together.",
-]
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
-    return (a * b).sum(axis=1)
 
 
 def test_vectors_match_sentence_transformers(server, reference_model):

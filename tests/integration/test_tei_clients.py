@@ -13,16 +13,11 @@ import httpx
 import numpy as np
 import pytest
 
-from .conftest import MODEL
+from .conftest import MODEL, cosines
 
 pytestmark = pytest.mark.integration
 
 TEXTS = ["A man is playing a guitar.", "A cat sleeps on the warm windowsill.", "Stocks fell sharply on Monday."]
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 @pytest.fixture(scope="module")
