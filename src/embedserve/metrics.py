@@ -25,6 +25,7 @@ class Metrics(EngineObserver):
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        self._http_children: dict[tuple[str, str, int], tuple] = {}  # see http_request
         self.requests = Counter(
             "embedserve_requests", "HTTP requests by route and status.", ["route", "method", "status"], registry=r
         )
@@ -101,8 +102,17 @@ class Metrics(EngineObserver):
 
     # HTTP
     def http_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_duration.labels(route).observe(seconds)
+        # The labelled children are kept: labels() validates and locks on every call, a cost each of
+        # the thousands of 429s a second under overload paid (route templates, methods and statuses
+        # are few, so the cache stays small).
+        key = (route, method, status)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (
+                self.requests.labels(route, method, str(status)), self.request_duration.labels(route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         if MULTIPROCESS:
