@@ -94,6 +94,7 @@ class ModelPool:
         self._factory = backend_factory
         self._resolver = resolver or ModelResolver(models_dir=settings.models_dir, revision=settings.revision)
         self._observer = observer or EngineObserver()
+        self.room_listeners: list[Callable[[], None]] = []  # called when a request leaves a model's queue
         self._models: dict[str, LoadedModel] = {}
         self._loads: dict[str, asyncio.Task] = {}
         self._starting: set[str] = set()
@@ -104,6 +105,10 @@ class ModelPool:
         self._build_pool = ThreadPoolExecutor(1, thread_name_prefix="load")
         self.memory_limit = memory_limit(settings)
         self._alias_targets = settings.alias_targets()
+
+    def _room_freed(self) -> None:
+        for listener in self.room_listeners:
+            listener()
 
     @property
     def models(self) -> list[LoadedModel]:
@@ -257,6 +262,7 @@ class ModelPool:
             observer=self._observer,
             threads=self.settings.model_workers,
             request_timeout=self.settings.request_timeout,
+            on_room=self._room_freed,
         )
         worker.start()
         seconds = time.perf_counter() - started

@@ -121,6 +121,10 @@ class EmbeddingService:
             room += free
         return room if models else None
 
+    def when_room_frees(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (on the event loop) each time a request leaves a model's queue."""
+        self.pool.room_listeners.append(listener)
+
     # ---- encoding ----------------------------------------------------------------------
     async def embed(
         self,

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
@@ -85,13 +85,16 @@ class ModelWorker:
         observer: EngineObserver | None = None,
         threads: int = 1,
         request_timeout: float = 0.0,
+        on_room: Callable[[], None] | None = None,
     ):
+        """`on_room`: called (on the event loop) each time an admitted request leaves, freeing a place."""
         self.name = name
         self.backend = backend
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.observer = observer or EngineObserver()
+        self._on_room = on_room
         self._pool: list[PendingInput] = []
         self._plan: list[list[PendingInput]] = []  # planned batches not yet started
         self._wake = asyncio.Event()
@@ -182,6 +185,8 @@ class ModelWorker:
                 self._arriving -= 1
             self._admitted -= 1
             self.observer.queue_depth(self.name, self._admitted)
+            if self._on_room is not None:
+                self._on_room()
 
     async def embed(self, sequences: Sequence[TokenIds], admission: Admission | None = None) -> np.ndarray:
         """Pooled (unnormalised) vectors for `sequences`, in order. Call inside `admit()`."""

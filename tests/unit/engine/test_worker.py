@@ -78,6 +78,23 @@ async def test_queue_bound_refuses_without_touching_the_model():
     await worker.close()
 
 
+async def test_each_request_leaving_the_queue_is_told_once_and_a_refused_one_never():
+    """The protocol's read holds (api/fast_refusal.py) hear of every place freed, when it is freed."""
+    backend = FakeBackend(delay=0.05)
+    freed: list[int] = []
+    worker = make_worker(backend, max_queue=2, on_room=lambda: freed.append(worker.room))
+    first = asyncio.create_task(call(worker, [[1, 5, 2]]))
+    second = asyncio.create_task(call(worker, [[1, 6, 2], [1, 7, 2]]))
+    await asyncio.sleep(0.01)
+    with pytest.raises(Overloaded):
+        with worker.admit():
+            pass
+    assert freed == []  # nothing left yet, and the refused request never held a place
+    await asyncio.gather(first, second)
+    assert sorted(freed) == [1, 2]  # one call per request, each after its place is free
+    await worker.close()
+
+
 async def test_backend_fault_fails_only_that_batch_and_worker_goes_on():
     backend = FakeBackend()
     backend.fail_when = lambda batch: bool((batch.input_ids == 666).any())
