@@ -160,6 +160,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
         self.cycle = ANSWERED  # type: ignore[assignment]
         self.transport.write(response)
         self.on_response_complete()
+        self.refusal.holds.hold(self.loop, self.flow, self.transport)
         return True
 
     def on_message_complete(self) -> None:
@@ -314,7 +315,8 @@ def uvicorn_config(settings: Settings, app) -> uvicorn.Config:
         host=settings.host,
         port=settings.port,
         http=protocol_class(
-            settings.header_timeout, settings.body_timeout, None if isinstance(app, str) else FastRefusal(app.state)
+            settings.header_timeout, settings.body_timeout,
+            None if isinstance(app, str) else FastRefusal(app.state, settings.refusal_pause),
         ),
         ws="none",  # the app serves no websockets; an upgrade must not leave our protocol
         timeout_keep_alive=settings.idle_timeout,  # type: ignore[arg-type]  # a float works

@@ -205,6 +205,12 @@ class Settings(BaseSettings):
         description="Seconds a client has to send a request's whole body (also the rest of one answered early); "
         "past it, 408.",
     )
+    refusal_pause: float = Field(
+        0.025, ge=0, le=1.0,
+        description="Seconds the server stops reading a connection after answering it 429 for a full queue (the "
+        "429 goes out at once): a client that retries at once waits that long in the socket buffer instead of "
+        "taking the event loop from admitted requests. 0 = off.",
+    )
     ssl_keyfile: Path | None = Field(None, description="TLS private key (PEM); with --ssl-certfile, serve HTTPS.")
     ssl_certfile: Path | None = Field(None, description="TLS certificate chain (PEM); with --ssl-keyfile, serve HTTPS.")
     cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(("*",), description="Allowed CORS origins.")
@@ -298,4 +304,11 @@ class Settings(BaseSettings):
     def _tls_pair(self) -> Settings:
         if (self.ssl_keyfile is None) != (self.ssl_certfile is None):
             raise ValueError("--ssl-keyfile and --ssl-certfile go together")
+        return self
+
+    @model_validator(mode="after")
+    def _pause_within_idle(self) -> Settings:
+        # A held connection is idle to uvicorn: its keep-alive timer would close it, retry unread.
+        if self.refusal_pause >= self.idle_timeout:
+            raise ValueError("--refusal-pause must be shorter than --idle-timeout")
         return self

@@ -61,6 +61,8 @@ def test_frozen():
 def test_invalid_values_are_refused():
     with pytest.raises(ValidationError):
         Settings(max_queue=0)
+    with pytest.raises(ValidationError, match="shorter than --idle-timeout"):
+        Settings(refusal_pause=0.5, idle_timeout=0.5)  # a held connection would be closed as idle
 
 
 def test_every_setting_is_a_flag_and_a_readme_row():

@@ -12,7 +12,7 @@ import pytest
 import uvicorn
 
 from embedserve.api.app import create_app
-from embedserve.api.fast_refusal import FastRefusal, Gate
+from embedserve.api.fast_refusal import FastRefusal, Gate, ReadHolds
 from embedserve.backends.fake import FakeBackend
 from embedserve.server import protocol_class
 from embedserve.settings import Settings
@@ -25,8 +25,8 @@ KEY = "sk-fast"
 class CountingRefusal(FastRefusal):
     """Records which requests the protocol answered itself."""
 
-    def __init__(self, state) -> None:
-        super().__init__(state)
+    def __init__(self, state, pause: float = 0.0) -> None:
+        super().__init__(state, pause)
         self.refused = 0
 
     def answer(self, *args, **kwargs):
@@ -70,7 +70,7 @@ async def ask(address, path: str, body: dict | None = None, headers: dict[str, s
 async def full_server():
     """A server whose only model's queue holds one request, and one request holding it (0.8 s)."""
 
-    async def start(**overrides):
+    async def start(pause: float = 0.0, **overrides):
         gate = threading.Event()
         backend = FakeBackend()
         original = backend.encode
@@ -82,7 +82,7 @@ async def full_server():
         backend.encode = slow_encode
         settings = Settings(**{"models": (MODEL,), "model_workers": 1, "max_queue": 1, "max_batch_size": 1} | overrides)
         app = create_app(settings, backend_factory=lambda path: backend, resolver=FakeResolver())
-        refusal = CountingRefusal(app.state)
+        refusal = CountingRefusal(app.state, pause)
         server, task, address = await serve(app, refusal)
         for _ in range(500):
             if app.state.ready:
@@ -181,3 +181,90 @@ def test_requests_let_through_count_against_the_room_until_the_app_sees_them():
     first.passed()  # once only
     assert refusal.in_transit == 1 and isinstance(answer(), Gate)
     assert refusal.answer("GET", "/health", "", [], []) is None  # not a queueing route
+
+
+def request_bytes(path: str, body: dict) -> bytes:
+    payload = orjson.dumps(body)
+    return f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(payload)}\r\n\r\n".encode() + payload
+
+
+async def test_a_refused_connection_is_not_read_for_the_pause_then_refused_again(full_server):
+    """--refusal-pause: the 429 goes out at once; a retry sent straight back waits, unread, until
+    the pause has passed since that 429 (then it is refused again: the queue is still full)."""
+    app, refusal, address, gate, holder = await full_server(pause=0.3)
+    loop = asyncio.get_running_loop()
+    sent = loop.time()
+    status, _, _, conn = await ask(address, "/v1/embeddings", {"input": [[8]]})
+    assert status == 429 and refusal.refused == 1 and len(refusal.holds) == 1
+    retry = asyncio.create_task(ask(address, "/v1/embeddings", {"input": [[9]]}, conn=conn))
+    await asyncio.sleep(0.1)
+    assert refusal.refused == 1 and not retry.done()  # sent, not read
+    status, headers, _, _ = await retry
+    assert status == 429 and headers["retry-after"] == "1" and refusal.refused == 2
+    assert loop.time() - sent >= 0.3  # the earliest the server could read it: the pause after the first 429
+    gate.set()
+    assert (await holder)[0] == 200
+
+
+async def test_a_place_freed_in_the_queue_reads_the_longest_held_connection_at_once(full_server):
+    """A held client's retry takes the place a finished request frees, without waiting for its pause
+    to end: the engine does not idle while every refused client is held."""
+    app, refusal, address, gate, holder = await full_server(pause=0.9)
+    loop = asyncio.get_running_loop()
+    first = await ask(address, "/v1/embeddings", {"input": [[8]]})
+    second = await ask(address, "/v1/embeddings", {"input": [[8]]})
+    due = loop.time() + 0.9  # after both holds began
+    assert first[0] == second[0] == 429 and len(refusal.holds) == 2
+    retries = [asyncio.create_task(ask(address, "/v1/embeddings", {"input": [[i]]}, conn=r[3])) for i, r in
+               ((10, first), (11, second))]
+    await asyncio.sleep(0.1)
+    assert not any(r.done() for r in retries)
+    gate.set()  # the holder's request finishes: one place
+    assert (await holder)[0] == 200
+    status, _, body, _ = await retries[0]  # the longest held, read at once, gets it
+    assert loop.time() < due and status == 200 and len(orjson.loads(body)["data"]) == 1
+    assert (await retries[1])[0] == 200  # read when the first one's request in turn left
+    assert loop.time() < due and refusal.refused == 2 and len(refusal.holds) == 0
+
+
+class FakeFlow:
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+class FakeTransport:
+    def __init__(self, closing: bool = False) -> None:
+        self.closing = closing
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+async def test_read_holds_resume_in_order_after_the_pause_and_skip_closed_connections():
+    loop = asyncio.get_running_loop()
+    holds = ReadHolds(0.05)
+    flows = [FakeFlow() for _ in range(3)]
+    closed = FakeTransport(closing=True)
+    holds.hold(loop, flows[0], FakeTransport())
+    holds.hold(loop, flows[1], closed)
+    await asyncio.sleep(0.02)
+    holds.hold(loop, flows[2], FakeTransport())
+    assert all(f.paused for f in flows) and len(holds) == 3
+    await asyncio.sleep(0.045)  # past the first two's pause, not the third's
+    assert not flows[0].paused and flows[1].paused and flows[2].paused  # a closed connection is left alone
+    assert len(holds) == 1
+    await asyncio.sleep(0.05)
+    assert not flows[2].paused and len(holds) == 0
+    holds.hold(loop, flows[0], closed)
+    holds.hold(loop, flows[1], FakeTransport())
+    holds.release_next()  # the oldest open one: the closed one is dropped on the way
+    assert not flows[1].paused and len(holds) == 0
+    off = ReadHolds(0.0)
+    off.hold(loop, flows[2], FakeTransport())
+    assert not flows[2].paused and len(off) == 0  # 0 = off
