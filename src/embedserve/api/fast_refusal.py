@@ -23,7 +23,9 @@ After such a 429 the protocol stops reading that connection for `--refusal-pause
 A client that retries at once has its retry wait in the socket buffer meanwhile instead of being
 refused again straight away: without that, the refusal rate is set by how fast the clients
 resend (8-11k/s from 248 connections on one core), and every refusal is a turn of the event loop
-that the admitted requests' batches wait behind, and CPU their inference thread shares.
+that the admitted requests' batches wait behind, and CPU their inference thread shares. Each time
+a request leaves a queue, the connection held longest is read at once (`release_next`): its retry
+is in already and takes the freed place, so holding clients back never leaves the engine idle.
 
 "Full" counts the requests already let through: when a batch ends and its places free up, every
 connection whose request is parsed in that same turn of the event loop would see room, though
