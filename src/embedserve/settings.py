@@ -206,7 +206,7 @@ class Settings(BaseSettings):
         "past it, 408.",
     )
     refusal_pause: float = Field(
-        0.025, ge=0, le=1.0,
+        0.03, ge=0, le=1.0,
         description="Seconds the server stops reading a connection after answering it 429 for a full queue (the "
         "429 goes out at once): a client that retries at once waits that long in the socket buffer instead of "
         "taking the event loop from admitted requests. 0 = off.",
