@@ -108,7 +108,10 @@ class ModelPool:
 
     def _room_freed(self) -> None:
         for listener in self.room_listeners:
-            listener()
+            try:
+                listener()
+            except Exception:  # runs as a request leaves: a listener's fault must not become its answer
+                log.exception("a queue-room listener failed")
 
     @property
     def models(self) -> list[LoadedModel]:

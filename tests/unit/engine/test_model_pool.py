@@ -100,6 +100,22 @@ async def wait_for(condition, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.005)
 
 
+async def test_room_listeners_hear_each_request_leave_and_a_failing_one_costs_no_answer(caplog):
+    service = make_service(CountingFactory())
+    await service.pool.load_all(("org/a",))
+    heard: list[int] = []
+    service.when_room_frees(lambda: heard.append(1))
+
+    def broken() -> None:
+        raise RuntimeError("listener fault")
+
+    service.when_room_frees(broken)
+    result = await service.embed("org/a", ["one", "two"])
+    assert len(result.vectors) == 2 and heard == [1]  # one request: one place freed
+    assert "a queue-room listener failed" in caplog.text
+    await service.pool.close()
+
+
 # ---- on-demand loading ------------------------------------------------------------------
 
 
