@@ -122,10 +122,6 @@ class ModelWorker:
         return self._admitted
 
     @property
-    def full(self) -> bool:
-        return self._admitted >= self.max_queue
-
-    @property
     def room(self) -> int | None:
         """Requests the queue can still admit."""
         return max(0, self.max_queue - self._admitted)
@@ -172,7 +168,7 @@ class ModelWorker:
             raise NotReady(f"model '{self.name}' is shutting down")
         if self.failure is not None:
             raise self._engine_fault()
-        if self.full:
+        if self.room == 0:
             raise self.overloaded()
         self._admitted += 1
         self._arriving += 1
