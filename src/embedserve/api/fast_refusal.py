@@ -98,22 +98,24 @@ class ReadHolds:
         Its retry is most likely in already, so the place is taken in the loop's next turn instead of
         staying empty until some hold ends (with every refused connection held, that can be most of
         `seconds`, and the engine idles meanwhile)."""
-        held = self._held
-        while held:
-            _, flow, transport = held.popleft()
-            if not transport.is_closing():
-                flow.resume_reading()
-                return
+        while self._held and not self._resume_oldest():
+            pass
 
     def _release(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
         held, now = self._held, loop.time()
         while held and held[0][0] <= now:
-            _, flow, transport = held.popleft()
-            if not transport.is_closing():
-                flow.resume_reading()
+            self._resume_oldest()
         if held:
             self._timer = loop.call_at(held[0][0], self._release, loop)
+
+    def _resume_oldest(self) -> bool:
+        """Stop holding the connection held longest; False if it had closed meanwhile (nothing to read)."""
+        _, flow, transport = self._held.popleft()
+        if transport.is_closing():
+            return False
+        flow.resume_reading()
+        return True
 
 
 class FastRefusal:
