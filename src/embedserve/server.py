@@ -174,9 +174,7 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
                 )
 
     def on_response_complete(self) -> None:
-        if self._gate is not None:
-            self._gate.passed()
-            self._gate = None
+        self._pass_gate()
         super().on_response_complete()  # arms the keep-alive timer, or starts a pipelined request
         if self.transport.is_closing() or not self._idle():
             return
@@ -192,10 +190,14 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._clear_deadline()
+        self._pass_gate()
+        super().connection_lost(exc)
+
+    def _pass_gate(self) -> None:
+        """The request let through a full-queue check has ended (answered, or its client left)."""
         if self._gate is not None:
             self._gate.passed()
             self._gate = None
-        super().connection_lost(exc)
 
     def _idle(self) -> bool:
         """No request is being served (none yet, or the last one answered)."""
